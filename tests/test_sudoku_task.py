@@ -1,0 +1,284 @@
+"""Tests for the 4x4 Sudoku task (grids, puzzles, split, prompts, reward)."""
+
+import random
+
+import datasets
+import pytest
+
+from trl_spg.tasks.sudoku import (
+    all_grids,
+    cell_accuracy,
+    compact_completion,
+    few_shot_examples,
+    is_valid_grid,
+    make_puzzle,
+    parse_answer,
+    solve_count,
+    sudoku_dataset,
+    sudoku_reward,
+    sudoku_split,
+)
+
+GRID = "1234341221434321"
+# GRID with 8 cells blanked (indices 0, 2, 5, 7, 8, 10, 13, 15); it has a unique solution.
+PUZZLE = "0204301001034020"
+
+
+@pytest.fixture(scope="module")
+def split():
+    """The default split, built once per module (it is deterministic)."""
+    return sudoku_split()
+
+
+def _brute_force_count(puzzle, limit=2):
+    """Independent backtracking solver, used to cross-check ``solve_count``."""
+    cells = list(puzzle)
+
+    def ok(cell, digit):
+        row, col = divmod(cell, 4)
+        for other in range(16):
+            orow, ocol = divmod(other, 4)
+            same_box = orow // 2 == row // 2 and ocol // 2 == col // 2
+            if other != cell and (orow == row or ocol == col or same_box) and cells[other] == digit:
+                return False
+        return True
+
+    def count():
+        if "0" not in cells:
+            return 1
+        cell = cells.index("0")
+        total = 0
+        for digit in "1234":
+            if ok(cell, digit):
+                cells[cell] = digit
+                total += count()
+                cells[cell] = "0"
+                if total >= limit:
+                    break
+        return total
+
+    # Given clues must not already clash with each other.
+    if any(ch != "0" and not ok(i, ch) for i, ch in enumerate(cells)):
+        return 0
+    return min(count(), limit)
+
+
+# --- grids -------------------------------------------------------------------------------------------------------
+
+
+def test_all_grids_count_valid_distinct_and_ordered():
+    grids = all_grids()
+    assert len(grids) == 288
+    assert len(set(grids)) == 288
+    assert all(is_valid_grid(g) for g in grids)
+    assert grids == sorted(grids)
+    assert grids == all_grids()
+
+
+def test_is_valid_grid_rejects_bad_grids():
+    assert is_valid_grid(GRID)
+    assert not is_valid_grid(GRID[:-1])
+    assert not is_valid_grid("1234123412341234")  # columns repeat
+    assert not is_valid_grid("1234214334124321")  # rows and columns fine, boxes repeat
+    assert not is_valid_grid("5234341221434321")
+
+
+# --- puzzles ----------------------------------------------------------------------------------------------------
+
+
+def test_solve_count_matches_brute_force():
+    rng = random.Random(123)
+    for _ in range(40):
+        puzzle = "".join(ch if rng.random() < 0.4 else "0" for ch in rng.choice(all_grids()))
+        for limit in (1, 2, 5):
+            assert solve_count(puzzle, limit=limit) == _brute_force_count(puzzle, limit=limit)
+    assert solve_count("0" * 16, limit=1000) == 288
+    assert solve_count("1100000000000000") == 0
+    assert solve_count(PUZZLE) == 1
+    with pytest.raises(ValueError):
+        solve_count("123")
+
+
+def test_make_puzzle_unique_with_requested_empty_cells():
+    rng = random.Random(0)
+    for grid in all_grids()[::7]:
+        for num_empty in (1, 8, 10):
+            puzzle = make_puzzle(grid, num_empty, rng)
+            assert puzzle.count("0") == num_empty
+            assert all(p in ("0", g) for p, g in zip(puzzle, grid))
+            assert solve_count(puzzle) == 1
+
+
+def test_make_puzzle_reduces_empty_count_when_impossible():
+    # A unique 4x4 puzzle needs at least 4 clues, so 14 empty cells is reduced (uniqueness is kept).
+    puzzle = make_puzzle(GRID, 14, random.Random(0))
+    assert puzzle.count("0") <= 12
+    assert solve_count(puzzle) == 1
+
+
+def test_make_puzzle_is_deterministic_given_rng():
+    assert make_puzzle(GRID, 8, random.Random(5)) == make_puzzle(GRID, 8, random.Random(5))
+    with pytest.raises(ValueError):
+        make_puzzle("1234123412341234", 8, random.Random(0))
+
+
+# --- split ------------------------------------------------------------------------------------------------------
+
+
+def test_split_puzzles_are_unique_and_match_their_grid(split):
+    train, test = split
+    assert len(train) == 200 * 4
+    assert len(test) == 256
+    for row in train + test:
+        assert set(row) == {"puzzle", "solution"}
+        assert row["puzzle"].count("0") == 8
+        assert solve_count(row["puzzle"]) == 1
+        assert _brute_force_count(row["puzzle"]) == 1
+        assert all(p in ("0", s) for p, s in zip(row["puzzle"], row["solution"]))
+
+
+def test_split_is_deterministic_and_seed_dependent(split):
+    assert sudoku_split() == split
+    assert sudoku_split(seed=1) != split
+
+
+def test_split_grids_disjoint_and_puzzles_distinct(split):
+    train, test = split
+    train_solutions = {row["solution"] for row in train}
+    test_solutions = {row["solution"] for row in test}
+    assert len(train_solutions) == 200
+    assert len(test_solutions) == 88
+    assert not train_solutions & test_solutions
+    assert len({row["puzzle"] for row in test}) == 256
+    assert len({row["puzzle"] for row in train}) == len(train)
+
+
+def test_split_options():
+    train, test = sudoku_split(num_train_grids=100, num_test_puzzles=50, seed=3, num_empty=6, train_puzzles_per_grid=2)
+    assert len(train) == 200 and len(test) == 50
+    assert all(row["puzzle"].count("0") == 6 for row in train + test)
+    assert not {r["solution"] for r in train} & {r["solution"] for r in test}
+
+
+# --- prompts and dataset ----------------------------------------------------------------------------------------
+
+
+def test_compact_dataset_and_completion(split):
+    train, _ = split
+    ds = sudoku_dataset(train[:5])
+    assert isinstance(ds, datasets.Dataset)
+    assert set(ds.column_names) == {"prompt", "puzzle", "solution"}
+    assert ds[0]["prompt"] == train[0]["puzzle"] + "="
+    assert ds[0]["solution"] == train[0]["solution"]
+    assert compact_completion(GRID) == f"<answer>{GRID}</answer>"
+    assert (
+        sudoku_reward([compact_completion(r["solution"]) for r in train[:5]], ds["puzzle"], ds["solution"])
+        == [1.0] * 5
+    )
+
+
+def test_instruct_dataset_zero_shot(split):
+    _, test = split
+    ds = sudoku_dataset(test[:3], prompt_style="instruct", few_shot=0)
+    prompt = ds[0]["prompt"]
+    assert isinstance(prompt, list) and len(prompt) == 1 and prompt[0]["role"] == "user"
+    content = prompt[0]["content"]
+    assert test[0]["puzzle"] in content
+    assert "0" in content and "<answer>" in content and "</answer>" in content
+    assert "Example" not in content
+
+
+def test_instruct_dataset_few_shot_uses_training_examples_only(split):
+    train, test = split
+    examples = few_shot_examples(train, k=3)
+    assert examples == few_shot_examples(train, k=3)
+    train_solutions = {row["solution"] for row in train}
+    test_solutions = {row["solution"] for row in test}
+    assert all(ex["solution"] in train_solutions and ex["solution"] not in test_solutions for ex in examples)
+    ds = sudoku_dataset(test, prompt_style="instruct", few_shot=3, examples=examples)
+    for content in (ds[i]["prompt"][0]["content"] for i in (0, len(ds) - 1)):
+        for ex in examples:
+            assert ex["puzzle"] in content and f"<answer>{ex['solution']}</answer>" in content
+        assert not any(sol in content for sol in test_solutions)
+    # Examples are never guessed: instruct + few_shot needs them explicitly.
+    with pytest.raises(ValueError):
+        sudoku_dataset(test[:2], prompt_style="instruct", few_shot=3)
+    with pytest.raises(ValueError):
+        sudoku_dataset(test[:2], prompt_style="chat")
+
+
+# --- parsing and reward -----------------------------------------------------------------------------------------
+
+
+def _with_cells(grid, cells, digit_for):
+    """Copy of ``grid`` with the given cell indices replaced by ``digit_for(original_digit)``."""
+    chars = list(grid)
+    for cell in cells:
+        chars[cell] = digit_for(chars[cell])
+    return "".join(chars)
+
+
+def _wrong(digit):
+    return "1" if digit != "1" else "2"
+
+
+EMPTY_CELLS = [i for i, ch in enumerate(PUZZLE) if ch == "0"]
+
+
+def _reward(text):
+    return sudoku_reward([text], [PUZZLE], [GRID])[0]
+
+
+def test_reward_fully_and_partially_correct():
+    assert _reward(f"<answer>{GRID}</answer>") == 1.0
+    three_right = _with_cells(GRID, EMPTY_CELLS[3:], _wrong)  # 3 of 8 empty cells correct
+    assert _reward(f"<answer>{three_right}</answer>") == 0.375
+    assert cell_accuracy(three_right, PUZZLE, GRID) == (3, 8)
+    assert cell_accuracy(None, PUZZLE, GRID) == (0, 8)
+
+
+def test_reward_wrong_length_is_padded_or_truncated():
+    # Short answer: the first 8 digits are kept, the rest padded with '0' (wrong). Empty cells 0, 2, 5, 7 are right.
+    assert parse_answer(f"<answer>{GRID[:8]}</answer>") == GRID[:8] + "0" * 8
+    assert _reward(f"<answer>{GRID[:8]}</answer>") == 0.5
+    assert _reward(f"<answer>{GRID}4444</answer>") == 1.0
+    assert parse_answer(f"<answer>4444{GRID}</answer>") == ("4444" + GRID)[:16]
+    # Non-digit separators are dropped before counting.
+    spaced = " ".join(GRID[i : i + 4] for i in range(0, 16, 4))
+    assert _reward(f"<answer>\n{spaced}\n</answer>") == 1.0
+
+
+def test_reward_missing_tags_is_zero():
+    assert parse_answer(GRID) is None
+    assert _reward(GRID) == 0.0
+    assert _reward(f"<answer>{GRID}") == 0.0
+    assert _reward(f"{GRID}</answer>") == 0.0
+    assert _reward("") == 0.0
+
+
+def test_reward_uses_last_answer_and_ignores_surrounding_text():
+    wrong = _with_cells(GRID, EMPTY_CELLS, _wrong)
+    assert _reward(f"Let me think 1234.\n<answer>{GRID}</answer>\nDone, 4321.") == 1.0
+    assert _reward(f"<answer>{wrong}</answer> wait, fix: <answer>{GRID}</answer>") == 1.0
+    assert _reward(f"<answer>{GRID}</answer> hmm <answer>{wrong}</answer>") == 0.0
+    # A dangling opening tag after the last pair does not matter.
+    assert _reward(f"<answer>{GRID}</answer><answer>1111") == 1.0
+
+
+def test_reward_ignores_prefilled_cells():
+    prefilled = [i for i in range(16) if i not in EMPTY_CELLS]
+    bad_clues = _with_cells(GRID, prefilled, _wrong)
+    assert _reward(f"<answer>{bad_clues}</answer>") == 1.0
+
+
+def test_reward_conversational_and_batched():
+    completions = [
+        [{"role": "assistant", "content": f"Thinking...<answer>{GRID}</answer>"}],
+        [{"role": "assistant", "content": "no idea"}],
+        f"<answer>{_with_cells(GRID, EMPTY_CELLS[:4], _wrong)}</answer>",
+    ]
+    rewards = sudoku_reward(completions, [PUZZLE] * 3, [GRID] * 3, prompts=["p"] * 3, trainer_state=None)
+    assert rewards == [1.0, 0.0, 0.5]
+    assert all(isinstance(r, float) for r in rewards)
+    with pytest.raises(ValueError):
+        sudoku_reward(completions, [PUZZLE], [GRID])

@@ -1,0 +1,38 @@
+"""Tiny models for the math tests: random bidirectional Llamas and hand-written logit functions."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_bidirectional_llama(vocab_size: int = 8, seed: int = 0, hidden_size: int = 32, layers: int = 2):
+    """A random bidirectional Llama (``is_causal=False``) in eval mode; the last id is the mask token."""
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        is_causal=False,
+        mask_token_id=vocab_size - 1,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        # Larger output weights make the predictive distributions far from uniform, so bounds are not trivially tight.
+        model.lm_head.weight.data.mul_(20.0)
+    return model.eval()
+
+
+class ConstantLogits(torch.nn.Module):
+    """A 'model' whose logits are the same vector at every position, whatever the input."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.register_buffer("values", logits)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.values.expand(*input_ids.shape, -1).clone()

@@ -1,0 +1,195 @@
+"""Tiny, fully in-code building blocks for fast experiments and tests.
+
+Nothing here downloads anything: the tokenizer is assembled with the `tokenizers` library and the model is a small
+bidirectional Llama (the LLaDA recipe: a Llama-style transformer whose attention is not causal, trained to predict
+masked tokens). They are meant for unit tests, smoke runs and toy tasks (arithmetic, copying, ...) where a real
+masked diffusion LM would be far too slow.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+__all__ = [
+    "DEFAULT_ALPHABET",
+    "DEFAULT_EXTRA_TOKENS",
+    "PAD_TOKEN",
+    "EOS_TOKEN",
+    "MASK_TOKEN",
+    "UNK_TOKEN",
+    "SIMPLE_CHAT_TEMPLATE",
+    "build_char_tokenizer",
+    "build_tiny_diffusion_lm",
+]
+
+#: Characters that get one token each by default: enough for arithmetic / short word tasks.
+DEFAULT_ALPHABET = string.digits + string.ascii_lowercase + " =:+-*/.,?!()<>\n"
+#: Multi-character tokens kept whole, so that answer tags cost one position each.
+DEFAULT_EXTRA_TOKENS = ("<answer>", "</answer>")
+
+PAD_TOKEN = "<|pad|>"
+EOS_TOKEN = "<|eot|>"
+MASK_TOKEN = "<|mask|>"
+# Characters outside the alphabet map here instead of raising mid-training; decoding shows them explicitly.
+UNK_TOKEN = "<|unk|>"
+
+#: Concatenates message contents verbatim (no role markers), so conversational datasets render to the exact text a
+#: character-level toy task expects. `add_generation_prompt` is accepted and adds nothing.
+SIMPLE_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+def _char_vocab(alphabet: str, special_tokens: Sequence[str]) -> dict[str, int]:
+    """Map special tokens first (ids 0..k-1, stable across alphabets), then each distinct alphabet character."""
+    vocab: dict[str, int] = {}
+    for token in (*special_tokens, *alphabet):
+        # `setdefault` silently drops duplicate characters in a user-supplied alphabet.
+        vocab.setdefault(token, len(vocab))
+    return vocab
+
+
+def build_char_tokenizer(
+    alphabet: str = DEFAULT_ALPHABET,
+    extra_tokens: Sequence[str] = DEFAULT_EXTRA_TOKENS,
+) -> PreTrainedTokenizerFast:
+    """Build a character-level fast tokenizer for toy masked-diffusion tasks.
+
+    Every character of `alphabet` is one token; each string in `extra_tokens` is an added token matched whole before
+    character splitting (so `"<answer>"` is a single id). Special tokens are `<|pad|>` (pad), `<|eot|>` (eos),
+    `<|mask|>` (mask) and `<|unk|>` (characters outside the alphabet). No BOS/EOS is added on encode and padding is on
+    the left, as TRL-style trainers expect for prompts.
+
+    Decoding concatenates tokens with nothing in between, so `decode(encode(s)) == s` for any `s` over the alphabet,
+    the extra tokens and the special tokens. The result is an ordinary fast tokenizer: `save_pretrained` /
+    `AutoTokenizer.from_pretrained` round-trip it. A minimal chat template (`SIMPLE_CHAT_TEMPLATE`) is attached.
+
+    Args:
+        alphabet: Characters that get one token each (duplicates are ignored).
+        extra_tokens: Multi-character strings that must stay a single token.
+
+    Returns:
+        A `transformers.PreTrainedTokenizerFast` with `pad_token`, `eos_token`, `mask_token` and `unk_token` set.
+    """
+    if not alphabet:
+        raise ValueError("`alphabet` must contain at least one character.")
+    special_tokens = (PAD_TOKEN, EOS_TOKEN, MASK_TOKEN, UNK_TOKEN)
+    clashes = [tok for tok in extra_tokens if tok in special_tokens]
+    if clashes:
+        raise ValueError(f"`extra_tokens` may not repeat the special tokens: {clashes}")
+
+    backend = Tokenizer(models.WordLevel(vocab=_char_vocab(alphabet, special_tokens), unk_token=UNK_TOKEN))
+    # Split into single characters, newlines included (`.` would skip them), each piece isolated.
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    # Without a decoder the tokens would be joined with spaces; `Fuse` concatenates them as they are.
+    backend.decoder = decoders.Fuse()
+    # `normalized=False` keeps the added tokens matched on the raw text; no stripping keeps surrounding spaces.
+    backend.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in special_tokens])
+    backend.add_tokens([AddedToken(tok, special=False, normalized=False) for tok in extra_tokens])
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        mask_token=MASK_TOKEN,
+        unk_token=UNK_TOKEN,
+        padding_side="left",
+        # The default clean-up would delete spaces before punctuation and break the round trip.
+        clean_up_tokenization_spaces=False,
+        chat_template=SIMPLE_CHAT_TEMPLATE,
+    )
+
+
+def _required_token_id(tokenizer: PreTrainedTokenizerFast, name: str) -> int:
+    """Return `tokenizer.<name>_id`, raising a clear error when the tokenizer lacks that special token."""
+    token_id = getattr(tokenizer, f"{name}_id", None)
+    if token_id is None:
+        raise ValueError(f"The tokenizer has no `{name}`; build it with `build_char_tokenizer` or set one.")
+    return token_id
+
+
+@torch.no_grad()
+def _init_weights_(model: torch.nn.Module, std: float, pad_token_id: int | None, generator: torch.Generator) -> None:
+    """Re-initialise every parameter of `model` in place from `generator` (Llama's own init scheme).
+
+    Matrices (linear layers, embeddings) get N(0, std^2), biases zeros, 1-d weights (RMSNorm scales) ones, and the
+    padding embedding row is zeroed as in `LlamaPreTrainedModel`. Parameters are visited in `named_parameters` order
+    (deterministic for a given architecture), so the same seed always gives the same weights.
+    """
+    for name, param in model.named_parameters():
+        if param.dim() >= 2:
+            torch.nn.init.normal_(param, mean=0.0, std=std, generator=generator)
+        elif name.endswith("bias"):
+            param.zero_()
+        else:
+            param.fill_(1.0)
+    embeddings = model.get_input_embeddings()
+    if pad_token_id is not None and embeddings is not None:
+        embeddings.weight[pad_token_id].zero_()
+
+
+def build_tiny_diffusion_lm(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 256,
+    seed: int = 0,
+) -> LlamaForCausalLM:
+    """Build a small randomly initialised bidirectional Llama usable as a masked diffusion LM.
+
+    `is_causal=False` in the config makes transformers build a bidirectional (padding-only) attention mask, so every
+    position sees the whole sequence as in LLaDA. `vocab_size` is `len(tokenizer)` and the config carries
+    `mask_token_id`, `pad_token_id` and `eos_token_id` from the tokenizer so trainers can find them on the model.
+
+    Determinism without side effects: the model is constructed inside `torch.random.fork_rng`, so the random init
+    transformers performs in `__init__` does not advance the caller's global CPU RNG, and then every parameter is
+    re-initialised explicitly from a `torch.Generator` seeded with `seed`. Same seed and arguments -> identical
+    weights, and the global RNG state is the same before and after the call. (Construction happens on the CPU; move
+    the model afterwards.)
+
+    Args:
+        tokenizer: Tokenizer providing the vocabulary size and the pad/eos/mask special tokens.
+        hidden_size: Model width; must be divisible by `num_heads`.
+        num_layers: Number of transformer blocks.
+        num_heads: Attention heads (no grouped-query attention: as many key/value heads).
+        intermediate_size: MLP width; defaults to `4 * hidden_size`.
+        max_position_embeddings: Longest sequence (prompt + completion) the RoPE config advertises.
+        seed: Seed of the generator used for the weights.
+
+    Returns:
+        A `LlamaForCausalLM` in eval mode.
+    """
+    if hidden_size % num_heads != 0:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
+    pad_token_id = _required_token_id(tokenizer, "pad_token")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size if intermediate_size is not None else 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=pad_token_id,
+        eos_token_id=_required_token_id(tokenizer, "eos_token"),
+        # The char tokenizer adds no BOS; Llama's default id (1) would point at an unrelated token.
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        # Bidirectional attention: the defining property of a masked diffusion LM.
+        is_causal=False,
+        # A KV cache is meaningless when every denoising step re-reads the whole sequence.
+        use_cache=False,
+    )
+    # Custom field read by the diffusion trainers; saved and reloaded with the config.
+    config.mask_token_id = _required_token_id(tokenizer, "mask_token")
+
+    with torch.random.fork_rng(devices=[]):
+        model = LlamaForCausalLM(config)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    _init_weights_(model, config.initializer_range, pad_token_id, generator)
+    return model.eval()

@@ -1,0 +1,245 @@
+"""Masked-diffusion supervised fine-tuning (the LLaDA SFT objective) as a small warm start before RL.
+
+RL on a masked diffusion LM only works once the policy already produces well-formed completions some of the time.
+`diffusion_sft` gets it there: it fine-tunes any model that maps `(input_ids, attention_mask[, position_ids])` to
+`.logits` on prompt -> completion pairs, masking only completion tokens, exactly as in LLaDA's SFT stage.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["diffusion_sft", "resolve_mask_token_id"]
+
+logger = logging.getLogger(__name__)
+
+#: Lower bound of the masking ratio t ~ U(eps, 1]: keeps the 1/t loss weight finite.
+MASK_EPS = 1e-3
+
+
+def resolve_mask_token_id(model: torch.nn.Module, tokenizer, mask_token_id: int | None = None) -> int:
+    """Return the id of the mask token: explicit argument, else `tokenizer.mask_token_id`, else the model config's.
+
+    Raises:
+        ValueError: if none of them defines it, or if tokenizer and model config disagree (an explicit
+            `mask_token_id` is then required, since silently picking one would train on the wrong token).
+    """
+    if mask_token_id is not None:
+        return int(mask_token_id)
+    from_tokenizer = getattr(tokenizer, "mask_token_id", None)
+    from_config = getattr(getattr(model, "config", None), "mask_token_id", None)
+    if from_tokenizer is not None and from_config is not None and from_tokenizer != from_config:
+        raise ValueError(
+            f"tokenizer.mask_token_id ({from_tokenizer}) and model.config.mask_token_id ({from_config}) differ; "
+            "pass `mask_token_id` explicitly."
+        )
+    resolved = from_tokenizer if from_tokenizer is not None else from_config
+    if resolved is None:
+        raise ValueError(
+            "No mask token id found: the tokenizer has no `mask_token` and `model.config` has no `mask_token_id`. "
+            "Pass `mask_token_id=` explicitly (e.g. 126336 for LLaDA-8B)."
+        )
+    return int(resolved)
+
+
+def _accepts_position_ids(model: torch.nn.Module) -> bool:
+    """Whether `model.forward` takes `position_ids` (named, or through `**kwargs` as PEFT wrappers do)."""
+    params = inspect.signature(model.forward).parameters.values()
+    return any(p.name == "position_ids" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _encode_completions(
+    tokenizer, completions: Sequence[str], completion_length: int, eos_token_id: int
+) -> torch.Tensor:
+    """Tokenize completions, append EOS and right-pad with EOS to exactly `completion_length` tokens.
+
+    The EOS tail is trained like any other target (as in LLaDA SFT), which is how the model learns to stop: at
+    sampling time everything after the first EOS is dropped.
+
+    Raises:
+        ValueError: if a completion plus its EOS does not fit in `completion_length`.
+    """
+    rows = []
+    for index, text in enumerate(completions):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) + 1 > completion_length:
+            raise ValueError(
+                f"Completion {index} has {len(ids)} tokens; with its EOS it needs {len(ids) + 1} > "
+                f"completion_length={completion_length}. Increase `completion_length` or shorten the completion."
+            )
+        rows.append(ids + [eos_token_id] * (completion_length - len(ids)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Tokenize prompts as given (no special tokens added: format them, e.g. with the chat template, beforehand)."""
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
+
+
+def _left_pad(sequences: Sequence[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to a common length; returns `(input_ids, attention_mask)`.
+
+    Left padding puts every completion at the same (right-aligned) columns, so the completion block is simply the
+    last `completion_length` columns of the batch.
+    """
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, width - len(seq) :] = 1
+    return input_ids, attention_mask
+
+
+def _index_stream(num_examples: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Yield batches of example indices: shuffled epochs concatenated, so every example is seen equally often."""
+    buffer = torch.empty(0, dtype=torch.long)
+    while True:
+        while buffer.numel() < batch_size:
+            buffer = torch.cat(
+                [buffer, torch.randperm(num_examples, generator=generator, device=generator.device).cpu()]
+            )
+        yield buffer[:batch_size]
+        buffer = buffer[batch_size:]
+
+
+def _masked_diffusion_loss(
+    logits: torch.Tensor, targets: torch.Tensor, is_masked: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """LLaDA SFT loss for one batch.
+
+    loss = 1 / (B * L) * sum_i sum_{j : completion token j of sample i is masked} CE(logits_ij, target_ij) / t_i
+
+    with B the batch size and L = completion_length (EOS padding included). Dividing by t_i makes this an unbiased
+    estimate of the negative ELBO of the completion given the prompt.
+
+    Args:
+        logits: `(B, L, V)` logits at the completion positions.
+        targets: `(B, L)` clean completion tokens.
+        is_masked: `(B, L)` bool, which completion tokens were replaced by the mask token.
+        t: `(B,)` masking ratios the masks were drawn with.
+    """
+    token_ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    weighted = token_ce * is_masked.to(token_ce.dtype) / t[:, None]
+    return weighted.sum() / targets.numel()
+
+
+def diffusion_sft(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[str],
+    completions: list[str],
+    *,
+    completion_length: int,
+    mask_token_id: int | None = None,
+    num_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    generator: torch.Generator,
+    log_every: int | None = 10,
+    callback: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Fine-tune a masked diffusion LM on prompt -> completion pairs with the LLaDA SFT objective.
+
+    Each step draws `batch_size` pairs (shuffled epochs), builds `[left-padded prompt | completion + EOS padding]`
+    with the completion padded by EOS to exactly `completion_length` tokens, samples t ~ U(eps, 1] per sample
+    (eps = 1e-3), replaces each completion token independently with the mask token with probability t (the prompt is
+    never masked), and minimises
+
+        loss = sum over masked completion tokens of CE / t, divided by (batch_size * completion_length).
+
+    The forward pass gets `attention_mask` and, when the model accepts them, `position_ids = cumsum(mask) - 1`
+    clamped at 0 so left padding does not shift positions. Optimisation is AdamW with gradient-norm clipping at 1.0,
+    over parameters with `requires_grad` (so adapters work). The model is in train mode during the call and its
+    previous mode is restored afterwards. All randomness (batch order, t, masks) comes from `generator`.
+
+    Args:
+        model: Any module mapping `(input_ids, attention_mask[, position_ids])` to an output with `.logits`.
+        tokenizer: Callable tokenizer with `eos_token_id` (and `pad_token_id`; EOS is used when it is missing).
+            Prompts and completions are encoded without added special tokens, so format prompts beforehand.
+        prompts: Prompt texts.
+        completions: Target completion texts, aligned with `prompts`.
+        completion_length: Number of completion positions (completion + EOS tail).
+        mask_token_id: Mask token id; defaults to `tokenizer.mask_token_id`, then `model.config.mask_token_id`.
+        num_steps: Optimizer steps.
+        batch_size: Pairs per step.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        generator: Source of all randomness; its device is where random numbers are drawn.
+        log_every: Log the mean loss of the last `log_every` steps at INFO level; `None` or 0 disables logging.
+        callback: Called as `callback(step, loss)` after every optimizer step (step counts from 1).
+
+    Returns:
+        The loss of every step, in order.
+
+    Raises:
+        ValueError: on mismatched / empty inputs, a completion that does not fit, or no mask token id.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"Got {len(prompts)} prompts but {len(completions)} completions.")
+    if not prompts:
+        raise ValueError("`prompts` is empty.")
+    if completion_length < 1 or num_steps < 0 or batch_size < 1:
+        raise ValueError("completion_length and batch_size must be >= 1 and num_steps >= 0.")
+    mask_id = resolve_mask_token_id(model, tokenizer, mask_token_id)
+    eos_token_id = getattr(tokenizer, "eos_token_id", None)
+    if eos_token_id is None:
+        raise ValueError("The tokenizer has no `eos_token`; it is needed to terminate and pad completions.")
+    pad_token_id = tokenizer.pad_token_id if getattr(tokenizer, "pad_token_id", None) is not None else eos_token_id
+
+    # Encode everything once up front: also surfaces a too-long completion before any training happens.
+    completion_ids = _encode_completions(tokenizer, completions, completion_length, eos_token_id)
+    prompt_ids = _encode_prompts(tokenizer, prompts)
+
+    device = next(model.parameters()).device
+    pass_position_ids = _accepts_position_ids(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    batches = _index_stream(len(prompts), batch_size, generator)
+
+    losses: list[float] = []
+    was_training = model.training
+    model.train()
+    try:
+        for step in range(1, num_steps + 1):
+            index = next(batches)
+            prompt_block, prompt_mask = _left_pad([prompt_ids[i] for i in index.tolist()], pad_token_id)
+            targets = completion_ids[index]
+
+            # Draw on the generator's device (CPU generators cannot feed CUDA sampling), then move.
+            t = MASK_EPS + (1.0 - MASK_EPS) * torch.rand(batch_size, generator=generator, device=generator.device)
+            u = torch.rand(targets.shape, generator=generator, device=generator.device)
+            t, is_masked = t.to(device), (u < t[:, None]).to(device)
+            targets = targets.to(device)
+            noisy = torch.where(is_masked, torch.full_like(targets, mask_id), targets)
+
+            input_ids = torch.cat([prompt_block.to(device), noisy], dim=1)
+            attention_mask = torch.cat([prompt_mask.to(device), torch.ones_like(noisy)], dim=1)
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if pass_position_ids:
+                inputs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+
+            logits = model(**inputs).logits[:, -completion_length:]
+            loss = _masked_diffusion_loss(logits, targets, is_masked, t)
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+            optimizer.step()
+
+            losses.append(loss.item())
+            if log_every and step % log_every == 0:
+                recent = losses[-log_every:]
+                logger.info("diffusion_sft step %d/%d loss %.4f", step, num_steps, sum(recent) / len(recent))
+            if callback is not None:
+                callback(step, losses[-1])
+    finally:
+        model.train(was_training)
+    return losses

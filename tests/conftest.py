@@ -3,3 +3,26 @@ from pathlib import Path
 
 # Test helpers (tiny models, exact likelihood) live beside the tests.
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+import pytest  # noqa: E402
+from datasets import Dataset  # noqa: E402
+
+from trl_spg.tiny import SIMPLE_CHAT_TEMPLATE, build_char_tokenizer, build_tiny_diffusion_lm  # noqa: E402
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    tokenizer = build_char_tokenizer()
+    tokenizer.chat_template = SIMPLE_CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer):
+    return build_tiny_diffusion_lm(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+
+
+@pytest.fixture
+def prompt_dataset():
+    return Dataset.from_dict({"prompt": ["12=", "34=", "ab=", "x="] * 2, "target": ["1", "3", "a", "x"] * 2})

@@ -62,3 +62,28 @@ def forward_logits(
     if keep is not None and not sliced_by_model:
         logits = logits[:, keep]
     return logits
+
+
+def resolve_mask_token_id(model: torch.nn.Module, tokenizer, mask_token_id: int | None = None) -> int:
+    """Return the id of the mask token: explicit argument, else `tokenizer.mask_token_id`, else the model config's.
+
+    Raises:
+        ValueError: if none of them defines it, or if tokenizer and model config disagree (an explicit
+            `mask_token_id` is then required, since silently picking one would train on the wrong token).
+    """
+    if mask_token_id is not None:
+        return int(mask_token_id)
+    from_tokenizer = getattr(tokenizer, "mask_token_id", None)
+    from_config = getattr(getattr(model, "config", None), "mask_token_id", None)
+    if from_tokenizer is not None and from_config is not None and from_tokenizer != from_config:
+        raise ValueError(
+            f"tokenizer.mask_token_id ({from_tokenizer}) and model.config.mask_token_id ({from_config}) differ; "
+            "pass `mask_token_id` explicitly."
+        )
+    resolved = from_tokenizer if from_tokenizer is not None else from_config
+    if resolved is None:
+        raise ValueError(
+            "No mask token id found: the tokenizer has no `mask_token` and `model.config` has no `mask_token_id`. "
+            "Pass `mask_token_id=` explicitly (e.g. 126336 for LLaDA-8B)."
+        )
+    return int(resolved)

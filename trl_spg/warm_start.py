@@ -7,50 +7,20 @@ RL on a masked diffusion LM only works once the policy already produces well-for
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["diffusion_sft", "resolve_mask_token_id"]
+from .bounds import token_logprobs
+from .modeling import forward_logits, resolve_mask_token_id
+
+__all__ = ["diffusion_sft"]
 
 logger = logging.getLogger(__name__)
 
 #: Lower bound of the masking ratio t ~ U(eps, 1]: keeps the 1/t loss weight finite.
 MASK_EPS = 1e-3
-
-
-def resolve_mask_token_id(model: torch.nn.Module, tokenizer, mask_token_id: int | None = None) -> int:
-    """Return the id of the mask token: explicit argument, else `tokenizer.mask_token_id`, else the model config's.
-
-    Raises:
-        ValueError: if none of them defines it, or if tokenizer and model config disagree (an explicit
-            `mask_token_id` is then required, since silently picking one would train on the wrong token).
-    """
-    if mask_token_id is not None:
-        return int(mask_token_id)
-    from_tokenizer = getattr(tokenizer, "mask_token_id", None)
-    from_config = getattr(getattr(model, "config", None), "mask_token_id", None)
-    if from_tokenizer is not None and from_config is not None and from_tokenizer != from_config:
-        raise ValueError(
-            f"tokenizer.mask_token_id ({from_tokenizer}) and model.config.mask_token_id ({from_config}) differ; "
-            "pass `mask_token_id` explicitly."
-        )
-    resolved = from_tokenizer if from_tokenizer is not None else from_config
-    if resolved is None:
-        raise ValueError(
-            "No mask token id found: the tokenizer has no `mask_token` and `model.config` has no `mask_token_id`. "
-            "Pass `mask_token_id=` explicitly (e.g. 126336 for LLaDA-8B)."
-        )
-    return int(resolved)
-
-
-def _accepts_position_ids(model: torch.nn.Module) -> bool:
-    """Whether `model.forward` takes `position_ids` (named, or through `**kwargs` as PEFT wrappers do)."""
-    params = inspect.signature(model.forward).parameters.values()
-    return any(p.name == "position_ids" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _encode_completions(
@@ -125,7 +95,7 @@ def _masked_diffusion_loss(
         is_masked: `(B, L)` bool, which completion tokens were replaced by the mask token.
         t: `(B,)` masking ratios the masks were drawn with.
     """
-    token_ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    token_ce = -token_logprobs(logits, targets)
     weighted = token_ce * is_masked.to(token_ce.dtype) / t[:, None]
     return weighted.sum() / targets.numel()
 
@@ -199,7 +169,6 @@ def diffusion_sft(
     prompt_ids = _encode_prompts(tokenizer, prompts)
 
     device = next(model.parameters()).device
-    pass_position_ids = _accepts_position_ids(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     batches = _index_stream(len(prompts), batch_size, generator)
@@ -222,11 +191,8 @@ def diffusion_sft(
 
             input_ids = torch.cat([prompt_block.to(device), noisy], dim=1)
             attention_mask = torch.cat([prompt_mask.to(device), torch.ones_like(noisy)], dim=1)
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if pass_position_ids:
-                inputs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-
-            logits = model(**inputs).logits[:, -completion_length:]
+            keep = torch.arange(input_ids.shape[1] - completion_length, input_ids.shape[1], device=device)
+            logits = forward_logits(model, input_ids, attention_mask, keep=keep)
             loss = _masked_diffusion_loss(logits, targets, is_masked, t)
 
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,57 @@
+"""SPGConfig: paper defaults and early, explicit rejections."""
+
+import pytest
+
+from trl_spg import SPGConfig
+
+
+def make(**overrides):
+    options = dict(output_dir="/tmp/spg-config-test", report_to="none", bf16=False, use_cpu=True)
+    options.update(overrides)
+    return SPGConfig(**options)
+
+
+def test_paper_defaults():
+    config = make()
+    assert config.scale_rewards == "none" and config.beta == 0.0 and config.temperature == 0.9
+    assert (config.negative_bound, config.eubo_beta, config.mix_weight) == ("mix", 1.5, 0.5)
+    assert (config.masking_strategy, config.num_mc_masks, config.p_mask_prompt) == ("block_random", 2, 0.15)
+    assert (config.max_completion_length, config.block_length, config.diffusion_steps) == (256, 32, 128)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"use_vllm": True}, "use_vllm"),
+        ({"use_transformers_continuous_batching": True}, "continuous batching"),
+        ({"mix_weight": 1.5}, "mix_weight"),
+        ({"mix_weight": -0.1}, "mix_weight"),
+        ({"eubo_beta": 0.0}, "eubo_beta"),
+        ({"eubo_beta": -1.0}, "eubo_beta"),
+        ({"masking_strategy": "all", "num_mc_masks": 2}, "num_mc_masks=1"),
+        ({"masking_strategy": "blocks"}, "masking_strategy"),
+        ({"negative_bound": "kl"}, "negative_bound"),
+        ({"remasking": "entropy"}, "remasking"),
+        ({"block_length": 48}, "must divide max_completion_length"),
+        ({"diffusion_steps": 100}, "multiple of the number of blocks"),
+        ({"diffusion_steps": 4}, "multiple of the number of blocks"),
+        ({"min_mask_ratio": 0.9, "max_mask_ratio": 0.1}, "min_mask_ratio"),
+        ({"p_mask_prompt": 1.0}, "p_mask_prompt"),
+        ({"num_mc_masks": 0}, "num_mc_masks"),
+        ({"beta": 0.04}, "KL"),
+        ({"top_entropy_quantile": 0.2}, "top_entropy_quantile"),
+        ({"entropy_coef": 0.1}, "entropy"),
+        ({"off_policy_mask_threshold": 0.5}, "off_policy_mask_threshold"),
+        ({"delta": 2.0}, "delta"),
+        ({"top_p": 0.9}, "top_p"),
+        ({"top_k": 5}, "top_k"),
+    ],
+)
+def test_rejections_name_the_fix(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make(**overrides)
+
+
+def test_all_masking_with_one_mask_and_valid_blocks_accepted():
+    config = make(masking_strategy="all", num_mc_masks=1, max_completion_length=64, block_length=16, diffusion_steps=8)
+    assert config.max_completion_length // config.block_length == 4

@@ -1,0 +1,424 @@
+"""SPGTrainer on a tiny bidirectional Llama: training, masks, rewards, PEFT, saving."""
+
+import asyncio
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model
+from tiny_models import tiny_bidirectional_llama
+from transformers import LlamaConfig, LlamaModel, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+from trl.rewards import get_soft_overlong_punishment, think_format_reward
+
+import trl_spg.trainer as trainer_module
+from trl_spg import SPGConfig, SPGTrainer
+from trl_spg.bounds import spg_bounds, spg_loss
+from trl_spg.masking import sample_masks
+from trl_spg.scoring import masked_token_logprobs
+from trl_spg.seeding import make_generator
+
+
+def char_variety(completions, **kwargs):
+    """Distinct characters in the completion: varies within a group even for an untrained model."""
+    return [float(len(set(text))) for text in completions]
+
+
+def make_args(tmp_path, **overrides):
+    options = dict(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        block_length=4,
+        diffusion_steps=4,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        seed=0,
+    )
+    options.update(overrides)
+    return SPGConfig(**options)
+
+
+def snapshot(model):
+    return {name: param.detach().clone() for name, param in model.named_parameters()}
+
+
+def moved(model, before):
+    return {name for name, param in model.named_parameters() if not torch.equal(param, before[name])}
+
+
+class MaskRecorder:
+    """Wraps `sample_masks` in the trainer module and keeps every draw."""
+
+    def __init__(self, monkeypatch):
+        self.draws = []
+        monkeypatch.setattr(trainer_module, "sample_masks", self)
+
+    def __call__(self, *args, **kwargs):
+        masks = sample_masks(*args, **kwargs)
+        self.draws.append(masks.noised.clone())
+        return masks
+
+
+def test_full_finetuning_changes_weights_and_logs(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    trainer = SPGTrainer(
+        tiny_model,
+        char_variety,
+        args=make_args(tmp_path),
+        train_dataset=prompt_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert moved(trainer.model, before) == set(before)
+    logged = trainer.state.log_history[0]
+    for key in ("spg/elbo", "spg/eubo", "spg/negative_bound", "spg/bound_gap", "spg/negative_fraction", "reward"):
+        assert key in logged
+    assert logged["spg/bound_gap"] == pytest.approx(logged["spg/negative_bound"] - logged["spg/elbo"], abs=1e-5)
+
+
+def test_lora_changes_only_adapter_weights(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    trainer = SPGTrainer(
+        tiny_model,
+        char_variety,
+        args=make_args(tmp_path, max_steps=3),
+        train_dataset=prompt_dataset,
+        processing_class=tiny_tokenizer,
+        peft_config=peft_config,
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    changed = moved(trainer.model, before)
+    assert changed and all("lora_B" in name or "lora_A" in name for name in changed)
+    assert any("lora_B" in name for name in changed)
+
+
+def test_existing_peft_model_saves_and_reloads(tmp_path, tiny_tokenizer, prompt_dataset):
+    from trl_spg.tiny import build_tiny_diffusion_lm
+
+    base = build_tiny_diffusion_lm(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainer = SPGTrainer(
+        model, char_variety, args=make_args(tmp_path), train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    fresh = build_tiny_diffusion_lm(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
+    ids = torch.tensor([[5, 6, 7, 2, 2, 2]])
+    trained = trainer.model.eval()
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=0, atol=0)
+    # The adapter matters: the base alone gives different logits.
+    with reloaded.disable_adapter():
+        assert not torch.allclose(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits)
+
+
+def test_loss_on_fixed_batch_equals_core_loss(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    args = make_args(tmp_path, p_mask_prompt=0.3)
+    trainer = SPGTrainer(
+        tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+    )
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "prompt_ids": torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 5], [6, 6, 6]]),
+        "prompt_mask": torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1], [1, 1, 1]]),
+        "completion_ids": torch.randint(4, 30, (4, 8), generator=gen),
+        "completion_mask": (torch.arange(8)[None] < torch.tensor([[8], [3], [5], [1]])).long(),
+        "advantages": torch.tensor([1.5, -0.5, -1.0, 0.0]),
+    }
+    trainer.model.train()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    masks = sample_masks(
+        inputs["prompt_mask"],
+        inputs["completion_mask"],
+        num_masks=2,
+        strategy="block_random",
+        block_length=4,
+        p_mask_prompt=0.3,
+        generator=make_generator("cpu", 0, "masks", 0, 0),
+    )
+    logps = masked_token_logprobs(
+        trainer.model,
+        inputs["prompt_ids"],
+        inputs["prompt_mask"],
+        inputs["completion_ids"],
+        masks,
+        trainer.mask_token_id,
+    )
+    lengths = inputs["completion_mask"].sum(-1)
+    bounds = spg_bounds(logps, masks.scored, lengths, inputs["advantages"], negative="mix", beta=1.5, mix_weight=0.5)
+    expected = spg_loss(inputs["advantages"], bounds["selected"], lengths)
+    torch.testing.assert_close(loss, expected)
+    assert loss.item() != 0.0
+
+
+@pytest.mark.parametrize("advantage_sign", [1.0, -1.0])
+def test_positive_only_and_negative_only_batches(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, advantage_sign):
+    trainer = SPGTrainer(
+        tiny_model,
+        char_variety,
+        args=make_args(tmp_path),
+        train_dataset=prompt_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    inputs = {
+        "prompt_ids": torch.tensor([[5, 6], [7, 8]]),
+        "prompt_mask": torch.ones(2, 2, dtype=torch.long),
+        "completion_ids": torch.tensor([[9, 10, 11, 1, 1, 1, 1, 1], [12, 13, 1, 1, 1, 1, 1, 1]]),
+        "completion_mask": torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]]),
+        "advantages": advantage_sign * torch.tensor([0.5, 2.0]),
+    }
+    trainer.model.train()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    metrics = trainer._metrics["train"]
+    elbo, negative = metrics["spg/elbo"][-1], metrics["spg/negative_bound"][-1]
+    assert metrics["spg/negative_fraction"][-1] == (1.0 if advantage_sign < 0 else 0.0)
+    assert elbo < 0 and negative != elbo
+    # The loss moves the likelihood the right way: up for positive advantages, down for negative ones.
+    loss.backward()
+    assert loss.item() * advantage_sign > 0  # -A * bound with bound < 0
+
+
+def test_num_iterations_uses_fresh_reproducible_masks(
+    tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, monkeypatch
+):
+    recorder = MaskRecorder(monkeypatch)
+    args = make_args(tmp_path, num_iterations=2, steps_per_generation=2, per_device_train_batch_size=2, max_steps=4)
+    trainer = SPGTrainer(
+        tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+    )
+    generations = []
+    original = trainer._generate_single_turn
+    monkeypatch.setattr(trainer, "_generate_single_turn", lambda *a, **k: generations.append(1) or original(*a, **k))
+    trainer.train()
+    assert len(generations) == 1  # 4 micro-steps = 2 slices x 2 iterations over one rollout batch
+    assert len(recorder.draws) == 4
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not torch.equal(recorder.draws[i], recorder.draws[j])
+    first_run = [d.clone() for d in recorder.draws]
+    recorder.draws.clear()
+    from trl_spg.tiny import build_tiny_diffusion_lm
+
+    model = build_tiny_diffusion_lm(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    args = make_args(tmp_path, num_iterations=2, steps_per_generation=2, per_device_train_batch_size=2, max_steps=4)
+    SPGTrainer(model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer).train()
+    assert all(torch.equal(a, b) for a, b in zip(first_run, recorder.draws))
+
+
+def test_gradient_accumulation_masks_differ_per_micro_step(
+    tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, monkeypatch
+):
+    recorder = MaskRecorder(monkeypatch)
+    args = make_args(tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=2, max_steps=2)
+    trainer = SPGTrainer(
+        tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    assert len(recorder.draws) == 4
+    assert len({tuple(d.flatten().tolist()) for d in recorder.draws}) == 4
+
+
+def test_equal_rewards_give_zero_gradient(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    trainer = SPGTrainer(
+        tiny_model,
+        lambda completions, **kw: [1.0] * len(completions),
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=prompt_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert trainer.state.log_history[0]["grad_norm"] == 0.0
+    assert trainer.state.log_history[0]["loss"] == 0.0
+    assert moved(trainer.model, before) == set()
+
+
+def test_trl_reward_functions_conversational_async_and_weights(tmp_path, tiny_model, tiny_tokenizer):
+    dataset = Dataset.from_dict(
+        {"prompt": [[{"role": "user", "content": "12="}], [{"role": "user", "content": "3="}]] * 2}
+    )
+    seen = {}
+
+    async def async_length(completions, completion_ids, **kwargs):
+        await asyncio.sleep(0)
+        seen["kwargs"] = set(kwargs)
+        seen["completion"] = completions[0]
+        return [float(len(ids)) for ids in completion_ids]
+
+    def sometimes_none(completions, **kwargs):
+        return [None if i % 2 else 0.5 for i in range(len(completions))]
+
+    args = make_args(tmp_path, reward_weights=[1.0, 0.5, 2.0, 1.0], per_device_train_batch_size=4, num_generations=2)
+    trainer = SPGTrainer(
+        tiny_model,
+        [think_format_reward, get_soft_overlong_punishment(8, 4), async_length, sometimes_none],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    assert seen["completion"][0]["role"] == "assistant"
+    assert "trainer_state" in seen["kwargs"]
+    logged = trainer.state.log_history[0]
+    for name in ("think_format_reward", "soft_overlong_punishment_reward", "async_length", "sometimes_none"):
+        assert f"rewards/{name}/mean" in logged
+
+
+def test_log_completions(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    args = make_args(tmp_path, log_completions=True, max_steps=1)
+    trainer = SPGTrainer(
+        tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    assert len(trainer._logs["completion"]) > 0
+
+
+def test_model_from_path_loads_tokenizer(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    path = tmp_path / "tiny"
+    tiny_model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    args = make_args(tmp_path, model_init_kwargs={"dtype": "float32"})
+    trainer = SPGTrainer(str(path), char_variety, args=args, train_dataset=prompt_dataset)
+    assert trainer.mask_token_id == tiny_tokenizer.mask_token_id
+    assert trainer.processing_class.padding_side == "left"
+    trainer.train()
+
+
+class BareDiffusionLM(PreTrainedModel):
+    """A masked diffusion LM that is not a GenerationMixin (like LLaDA's remote code)."""
+
+    config_class = LlamaConfig
+    _supports_sdpa = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.backbone = LlamaModel(config)
+        self.head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return CausalLMOutput(logits=self.head(hidden))
+
+
+def test_non_generation_mixin_model(tmp_path, tiny_tokenizer, prompt_dataset):
+    config = tiny_bidirectional_llama(vocab_size=len(tiny_tokenizer)).config
+    config.mask_token_id = tiny_tokenizer.mask_token_id
+    model = BareDiffusionLM(config)
+    with pytest.raises(ValueError, match="gradient_checkpointing=False"):
+        SPGTrainer(
+            model,
+            char_variety,
+            args=make_args(tmp_path, gradient_checkpointing=True),
+            train_dataset=prompt_dataset,
+            processing_class=tiny_tokenizer,
+        )
+    trainer = SPGTrainer(
+        model, char_variety, args=make_args(tmp_path), train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert moved(trainer.model, before)
+
+
+def test_missing_mask_token_is_a_clear_error(tmp_path, tiny_tokenizer, prompt_dataset):
+    config = tiny_bidirectional_llama(vocab_size=len(tiny_tokenizer)).config
+    config.mask_token_id = None
+    model = BareDiffusionLM(config)
+    tiny_tokenizer.mask_token = None
+    with pytest.raises(ValueError, match="mask_token_id"):
+        SPGTrainer(
+            model,
+            char_variety,
+            args=make_args(tmp_path),
+            train_dataset=prompt_dataset,
+            processing_class=tiny_tokenizer,
+        )
+    # An explicit id in the config fixes it.
+    trainer = SPGTrainer(
+        model,
+        char_variety,
+        args=make_args(tmp_path, mask_token_id=2),
+        train_dataset=prompt_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    assert trainer.mask_token_id == 2
+
+
+def test_rejects_non_spg_config(tmp_path, tiny_model, prompt_dataset, tiny_tokenizer):
+    from trl import GRPOConfig
+
+    with pytest.raises(TypeError, match="SPGConfig"):
+        SPGTrainer(
+            tiny_model,
+            char_variety,
+            args=GRPOConfig(output_dir=str(tmp_path), bf16=False),
+            train_dataset=prompt_dataset,
+            processing_class=tiny_tokenizer,
+        )
+
+
+def test_model_card_after_training(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    args = make_args(tmp_path, hub_model_id="someone/tiny-spg")
+    trainer = SPGTrainer(
+        tiny_model,
+        char_variety,
+        args=args,
+        train_dataset=prompt_dataset,
+        processing_class=tiny_tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    trainer.save_model()
+    trainer.create_model_card(dataset_name="toy")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "PeftModel.from_pretrained" in card and "someone/tiny-spg" in card
+    assert "diffusion_generate" in card and "block_length=4" in card.replace(" ", "")
+    code = "".join(card.split("```")[1::2])
+    assert "pipeline(" not in code and ".generate(" not in code
+    assert "2510.09541" in card
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_push_to_hub_uploads_adapter_and_card(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, monkeypatch):
+    """Everything up to the network call: the folder handed to the upload holds the adapter and our card."""
+    import transformers.trainer
+
+    uploads = []
+
+    class FakeApi:
+        def upload_folder(self, **kwargs):
+            folder = tmp_path / "out"
+            uploads.append({"kwargs": kwargs, "files": {p.name for p in folder.iterdir()}})
+            uploads[-1]["card"] = (folder / "README.md").read_text()
+            return "uploaded"
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeApi())
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    args = make_args(tmp_path, max_steps=1, hub_model_id="someone/tiny-spg")
+    trainer = SPGTrainer(
+        tiny_model,
+        char_variety,
+        args=args,
+        train_dataset=prompt_dataset,
+        processing_class=tiny_tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    trainer.hub_model_id = "someone/tiny-spg"  # the repo would exist after init_hf_repo
+    assert trainer.push_to_hub() == "uploaded"
+    (upload,) = uploads
+    assert upload["kwargs"]["repo_id"] == "someone/tiny-spg"
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "tokenizer.json"} <= upload["files"]
+    assert "PeftModel.from_pretrained" in upload["card"] and "spg" in upload["card"]

@@ -1,0 +1,243 @@
+"""`SPGTrainer`: TRL's `GRPOTrainer` with diffusion rollouts and SPG's sandwiched likelihood bounds.
+
+Only three GRPO hooks change:
+
+* ``_generate_single_turn``: rollouts come from semi-autoregressive diffusion decoding (`trl_spg.sampler`);
+* ``_get_per_token_logps_and_entropies``: SPG uses no importance ratio, so the old-policy log-probs GRPO asks
+  for are never computed (a masked diffusion LM has no per-token autoregressive log-probs anyway);
+* ``_compute_loss``: the SPG loss ``-sum_j A_j L_j bound_j / sum_j L_j`` with bounds estimated from fresh Monte
+  Carlo masks (`trl_spg.masking`, `trl_spg.bounds`).
+
+Prompt formatting, reward functions, advantages, buffering over ``steps_per_generation`` / ``num_iterations``,
+logging, PEFT and distributed training are TRL's.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import GenerationConfig
+from trl import GRPOTrainer
+from trl.trainer.utils import create_model_from_path, pad
+
+from .bounds import spg_bounds, spg_loss
+from .config import SPGConfig
+from .masking import sample_masks
+from .model_card import spg_model_card, write_model_card
+from .modeling import resolve_mask_token_id, unwrap_model
+from .sampler import completion_mask_from_ids, diffusion_generate
+from .scoring import masked_token_logprobs
+from .seeding import make_generator
+
+try:
+    from trl.models.utils import unwrap_model_for_generation
+except ImportError:  # pragma: no cover - moved between TRL minor versions
+    from trl.models import unwrap_model_for_generation
+
+
+class SPGTrainer(GRPOTrainer):
+    """Trainer for SPG (Sandwiched Policy Gradient) on masked diffusion language models.
+
+    A drop-in replacement for `trl.GRPOTrainer`: same arguments, same reward functions and datasets, with an
+    [`SPGConfig`]. ``model`` is a model instance or a hub id / local path (loaded with ``args.model_init_kwargs``);
+    models that are not a ``GenerationMixin`` work too. Pass ``peft_config`` (or a ``PeftModel``) to train LoRA
+    adapters.
+    """
+
+    _tag_names = ["trl", "spg", "diffusion-lm"]
+    _name = "SPG"
+    _paper = {
+        "title": "SPG: Sandwiched Policy Gradient for Masked Diffusion Language Models",
+        "id": "2510.09541",
+    }
+
+    def __init__(self, model, reward_funcs=None, args: SPGConfig | None = None, *pos, **kwargs):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+            args = SPGConfig(f"{name.rstrip('/').split('/')[-1]}-SPG")
+        if not isinstance(args, SPGConfig):
+            raise TypeError(f"SPGTrainer needs an SPGConfig, got {type(args).__name__}.")
+        if isinstance(model, str):
+            model = create_model_from_path(model, **(args.model_init_kwargs or {}))
+        _attach_generation_config(model)
+        if args.gradient_checkpointing and not getattr(unwrap_model(model), "supports_gradient_checkpointing", True):
+            raise ValueError(
+                f"{type(unwrap_model(model)).__name__} does not support gradient checkpointing; "
+                "pass gradient_checkpointing=False in SPGConfig."
+            )
+        super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        self.mask_token_id = resolve_mask_token_id(unwrap_model(self.model), self._tokenizer, args.mask_token_id)
+        self._eval_calls = 0
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Randomness: one reproducible stream per (purpose, micro-step, process); the global RNG is never reseeded.
+
+    def _micro_step(self) -> int:
+        """Index of the current forward/backward micro-step, stable across resumes (TRL's `_step` is not saved)."""
+        accumulation = self.args.gradient_accumulation_steps
+        return self.state.global_step * accumulation + self._step % accumulation
+
+    def _generator(self, purpose: str, device) -> torch.Generator:
+        if self.model.training:
+            index = self._micro_step()
+        else:
+            self._eval_calls += 1
+            index = f"eval{self._eval_calls}"
+        return make_generator(device, self.args.seed, purpose, index, self.accelerator.process_index)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Rollouts
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """Diffusion rollouts for already tokenized prompts; returns completion ids cut after the first EOS."""
+        if images is not None and any(image is not None for image in images):
+            raise ValueError("SPGTrainer supports text-only prompts.")
+        device = self.accelerator.device
+        prompts = [torch.tensor(ids) for ids in prompt_ids]
+        input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        attention_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device)
+        generator = self._generator("rollout", device)
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            self.accelerator.autocast(),
+        ):
+            completion_ids = diffusion_generate(
+                unwrapped_model,
+                input_ids,
+                attention_mask,
+                mask_token_id=self.mask_token_id,
+                gen_length=self.args.max_completion_length,
+                block_length=self.args.block_length,
+                steps=self.args.diffusion_steps,
+                temperature=self.args.temperature,
+                remasking=self.args.remasking,
+                generator=generator,
+            )
+        keep = completion_mask_from_ids(completion_ids, self.eos_token_ids).bool()
+        return [ids[row].tolist() for ids, row in zip(completion_ids.cpu(), keep.cpu())], None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """Placeholder old-policy log-probs: SPG's loss has no importance ratio, so no forward pass is spent here."""
+        zeros = torch.zeros(input_ids.shape[0], logits_to_keep, device=input_ids.device)
+        return zeros, None, None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Loss
+
+    def _compute_loss(self, model, inputs):
+        args = self.args
+        mode = "train" if self.model.training else "eval"
+        prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
+        advantages = inputs["advantages"]
+        if advantages.dim() > 1:  # token-level advantages are constant over a completion for SPG
+            advantages = advantages[:, 0]
+        masks = sample_masks(
+            prompt_mask,
+            completion_mask,
+            num_masks=args.num_mc_masks,
+            strategy=args.masking_strategy,
+            block_length=args.block_length,
+            min_t=args.min_mask_ratio,
+            max_t=args.max_mask_ratio,
+            p_mask_prompt=args.p_mask_prompt,
+            generator=self._generator("masks", "cpu"),
+        )
+        token_logps = masked_token_logprobs(
+            model, inputs["prompt_ids"], prompt_mask, inputs["completion_ids"], masks, self.mask_token_id
+        )
+        lengths = completion_mask.sum(-1)
+        bounds = spg_bounds(
+            token_logps,
+            masks.scored,
+            lengths,
+            advantages,
+            negative=args.negative_bound,
+            beta=args.eubo_beta,
+            mix_weight=args.mix_weight,
+        )
+        loss = spg_loss(advantages, bounds["selected"], lengths)
+        self._log_bound_metrics(mode, bounds, advantages, lengths)
+        # TRL scales each micro-batch loss by the accumulation steps itself (`loss_is_scaled_for_ga`).
+        accumulation = getattr(self, "current_gradient_accumulation_steps", args.gradient_accumulation_steps)
+        return loss / (accumulation if mode == "train" else 1.0)
+
+    def _log_bound_metrics(self, mode, bounds, advantages, lengths):
+        def mean(values):
+            return self.accelerator.gather(values.detach().float()).nanmean().item()
+
+        metrics = self._metrics[mode]
+        metrics["spg/elbo"].append(mean(bounds["elbo"]))
+        if bounds["eubo"] is not None:
+            metrics["spg/eubo"].append(mean(bounds["eubo"]))
+        metrics["spg/negative_bound"].append(mean(bounds["negative"]))
+        metrics["spg/bound_gap"].append(mean(bounds["negative"] - bounds["elbo"]))
+        metrics["spg/negative_fraction"].append(mean((advantages <= 0).float()))
+        metrics["spg/completion_length"].append(mean(lengths.float()))
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Model card
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **_):
+        """Write ``README.md`` in ``output_dir``: how to load the result and decode with the diffusion sampler."""
+        if not self.is_world_process_zero():
+            return
+        args = self.args
+        inner = unwrap_model(self.model)
+        is_adapter = hasattr(self.model, "peft_config")
+        base_model = getattr(inner.config, "_name_or_path", None) or None
+        if base_model is not None and os.path.isdir(base_model):
+            base_model = None  # a local folder means nothing to a reader of the card
+        settings = {
+            name: getattr(args, name)
+            for name in (
+                "negative_bound",
+                "eubo_beta",
+                "mix_weight",
+                "masking_strategy",
+                "num_mc_masks",
+                "min_mask_ratio",
+                "max_mask_ratio",
+                "p_mask_prompt",
+                "num_generations",
+                "num_iterations",
+                "learning_rate",
+                "scale_rewards",
+            )
+        }
+        decoding = {
+            "gen_length": args.max_completion_length,
+            "block_length": args.block_length,
+            "steps": args.diffusion_steps,
+            "temperature": args.temperature,
+            "remasking": args.remasking,
+            "mask_token_id": self.mask_token_id,
+        }
+        text = spg_model_card(
+            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
+            base_model=base_model,
+            hub_model_id=args.hub_model_id,
+            is_adapter=is_adapter,
+            spg_settings=settings,
+            decoding=decoding,
+            dataset_name=dataset_name,
+            tags=sorted(set(self._tag_names) | set(tags or [])),
+        )
+        write_model_card(args.output_dir, text)
+
+
+def _attach_generation_config(model) -> None:
+    """Give models that are not a ``GenerationMixin`` the ``generation_config`` TRL reads pad/EOS ids from."""
+    inner = unwrap_model(model)
+    if getattr(inner, "generation_config", None) is None:
+        config = inner.config
+        inner.generation_config = GenerationConfig(
+            pad_token_id=getattr(config, "pad_token_id", None), eos_token_id=getattr(config, "eos_token_id", None)
+        )

@@ -1,10 +1,16 @@
 """The one place where the sampler and the estimator call a masked diffusion model.
 
 A model is anything that maps ``(input_ids, attention_mask)`` to logits over the vocabulary (a tensor, or an
-output object with ``.logits``), with the logits at position ``i`` predicting the token at position ``i``. When
-the model's ``forward`` also takes ``position_ids`` and ``logits_to_keep`` (every transformers causal-LM class
-does), positions are counted from the first real token so left padding changes nothing, and logits are computed
-only where they are needed.
+output object with ``.logits``). When the model's ``forward`` also takes ``position_ids`` and ``logits_to_keep``
+(every transformers causal-LM class does), positions are counted from the first real token so left padding changes
+nothing, and logits are computed only where they are needed.
+
+What differs between model families is resolved here and nowhere else:
+
+* the logit shift (`logits_shift`): LLaDA predicts token ``i`` at position ``i``; Dream predicts it at position
+  ``i - 1`` (and a row's first token at its own position). `forward_logits` always returns logits aligned with
+  the tokens they predict, so the sampler and the SPG estimator never see the shift;
+* the mask token id (`resolve_mask_token_id`) and the EOS ids (`resolve_eos_token_ids`).
 """
 
 from __future__ import annotations
@@ -45,22 +51,66 @@ def accepts_argument(model, name: str) -> bool:
     return name in _forward_parameters(type(inner))
 
 
+def logits_shift(model) -> int:
+    """How many positions a model's logits lag behind the token they predict (0 for LLaDA, 1 for Dream).
+
+    Read from ``config.logits_shift`` (written by `trl_spg.models` when it converts a Dream checkpoint and saved
+    with the model); a config without it counts as ``1`` when its ``model_type`` is Dream's remote-code ``"Dream"``
+    and ``0`` otherwise.
+    """
+    inner = unwrap_model(model) if isinstance(model, nn.Module) else model
+    config = getattr(inner, "config", None)
+    shift = getattr(config, "logits_shift", None)
+    if shift is None:
+        shift = 1 if str(getattr(config, "model_type", "")).lower() == "dream" else 0
+    return int(shift)
+
+
+def shifted_source_positions(targets: torch.Tensor, position_ids: torch.Tensor, shift: int) -> torch.Tensor:
+    """Where the logits predicting the tokens at ``targets`` (1-D) are produced, per row: (B, len(targets)).
+
+    Token ``i`` is predicted at ``i - shift``, except that a position never reaches back past its row's first real
+    token: ``i - min(shift, position_ids[:, i])``. With ``shift = 1`` a row's first token (position id 0) reuses its
+    own logit, as Dream does for position 0, and left padding does not change which logit a token gets.
+    """
+    return targets - position_ids[:, targets].clamp(max=shift)
+
+
 def forward_logits(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Logits of ``model`` on ``input_ids``; with ``keep`` (1-D positions), only those positions: (B, len(keep), V)."""
+    """Logits predicting the tokens of ``input_ids``; with ``keep`` (1-D positions), only those: (B, len(keep), V).
+
+    Row ``b``, column ``j`` of the result predicts the token at position ``keep[j]`` whatever the model's
+    `logits_shift`: for shifted models (Dream) the logits are read at the source positions given by
+    `shifted_source_positions`, and only those positions are projected onto the vocabulary.
+    """
+    position_ids = position_ids_from_mask(attention_mask)
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if accepts_argument(model, "position_ids"):
-        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+        kwargs["position_ids"] = position_ids
     if accepts_argument(model, "use_cache"):
         kwargs["use_cache"] = False  # every call sees a new canvas: a KV cache would only cost memory
-    sliced_by_model = keep is not None and accepts_argument(model, "logits_to_keep")
+
+    shift = logits_shift(model)
+    request, index = keep, None  # positions asked from the model; per-row gather into them (None: as returned)
+    if shift:
+        targets = keep if keep is not None else torch.arange(input_ids.shape[1], device=input_ids.device)
+        sources = shifted_source_positions(targets.to(input_ids.device), position_ids, shift)
+        request, index = torch.unique(sources, return_inverse=True)
+        identity = torch.arange(len(targets), device=index.device).expand_as(index)
+        if len(request) == len(targets) and torch.equal(index, identity):
+            index = None  # the usual case: every row reads the same, increasing sources
+
+    sliced_by_model = request is not None and accepts_argument(model, "logits_to_keep")
     if sliced_by_model:
-        kwargs["logits_to_keep"] = keep
+        kwargs["logits_to_keep"] = request
     output = model(**kwargs)
     logits = output.logits if hasattr(output, "logits") else output
-    if keep is not None and not sliced_by_model:
-        logits = logits[:, keep]
+    if request is not None and not sliced_by_model:
+        logits = logits[:, request]
+    if index is not None:
+        logits = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
     return logits
 
 
@@ -87,3 +137,21 @@ def resolve_mask_token_id(model: torch.nn.Module, tokenizer, mask_token_id: int 
             "Pass `mask_token_id=` explicitly (e.g. 126336 for LLaDA-8B)."
         )
     return int(resolved)
+
+
+def resolve_eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS, then the model's generation config's and config's.
+
+    Chat models often end a turn with a token (``<|eot_id|>``, ``<|im_end|>``) other than the one they pad with;
+    all of them count. Order is kept and duplicates dropped; the list is empty when nobody defines an EOS.
+    """
+    inner = unwrap_model(model) if isinstance(model, nn.Module) else model
+    candidates = [getattr(tokenizer, "eos_token_id", None)]
+    for source in (getattr(inner, "generation_config", None), getattr(inner, "config", None)):
+        ids = getattr(source, "eos_token_id", None)
+        candidates.extend(ids if isinstance(ids, (list, tuple)) else [ids])
+    resolved: list[int] = []
+    for token_id in candidates:
+        if token_id is not None and int(token_id) not in resolved:
+            resolved.append(int(token_id))
+    return resolved

@@ -19,13 +19,14 @@ import os
 import torch
 from transformers import GenerationConfig
 from trl import GRPOTrainer
-from trl.trainer.utils import create_model_from_path, pad
+from trl.trainer.utils import pad
 
 from .bounds import spg_bounds, spg_loss
 from .config import SPGConfig
 from .masking import sample_masks
 from .model_card import spg_model_card, write_model_card
 from .modeling import resolve_mask_token_id, unwrap_model
+from .models import load_pretrained_model
 from .sampler import completion_mask_from_ids, diffusion_generate
 from .scoring import masked_token_logprobs
 from .seeding import make_generator
@@ -59,7 +60,7 @@ class SPGTrainer(GRPOTrainer):
         if not isinstance(args, SPGConfig):
             raise TypeError(f"SPGTrainer needs an SPGConfig, got {type(args).__name__}.")
         if isinstance(model, str):
-            model = create_model_from_path(model, **(args.model_init_kwargs or {}))
+            model = load_pretrained_model(model, **(args.model_init_kwargs or {}))
         _attach_generation_config(model)
         if args.gradient_checkpointing and not getattr(unwrap_model(model), "supports_gradient_checkpointing", True):
             raise ValueError(

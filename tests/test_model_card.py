@@ -139,22 +139,22 @@ def test_unknown_base_model():
 
 def test_adapter_card_loads_base_then_adapter():
     snippet = python_snippet(make_card())
-    assert f'AutoModelForCausalLM.from_pretrained("{BASE}"' in snippet
+    assert f'load_model_and_tokenizer("{BASE}"' in snippet
     assert f'PeftModel.from_pretrained(base_model, "{ADAPTER_REPO}")' in snippet
-    assert snippet.index("AutoModelForCausalLM.from_pretrained") < snippet.index("PeftModel.from_pretrained")
+    assert snippet.index("load_model_and_tokenizer(") < snippet.index("PeftModel.from_pretrained")
 
 
 def test_full_model_card_has_no_peft_loading():
     text = full_card()
     assert "PeftModel" not in text
-    assert f'AutoModelForCausalLM.from_pretrained("{FULL_REPO}"' in python_snippet(text)
+    assert f'load_model_and_tokenizer("{FULL_REPO}"' in python_snippet(text)
 
 
 def test_hub_model_id_falls_back_to_model_name():
     adapter = python_snippet(make_card(model_name="my-adapter", hub_model_id=None))
     assert 'PeftModel.from_pretrained(base_model, "my-adapter")' in adapter
     full = python_snippet(full_card(model_name="my-model", hub_model_id=None))
-    assert 'AutoModelForCausalLM.from_pretrained("my-model"' in full
+    assert 'load_model_and_tokenizer("my-model"' in full
 
 
 @pytest.mark.parametrize("card", [make_card, full_card])

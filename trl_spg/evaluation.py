@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .modeling import resolve_mask_token_id
+from .modeling import resolve_eos_token_ids, resolve_mask_token_id
 from .sampler import completion_mask_from_ids, diffusion_generate
 from .tasks.sudoku import cell_accuracy, parse_answer
 
@@ -45,7 +45,7 @@ def generate_completions(
 ) -> list[str]:
     """Decode ``prompts`` in left-padded batches; returns each completion's text up to its first EOS."""
     mask_id = resolve_mask_token_id(model, tokenizer, mask_token_id)
-    eos_ids = [tokenizer.eos_token_id]
+    eos_ids = resolve_eos_token_ids(model, tokenizer)
     texts = render_prompts(tokenizer, prompts)
     device = next(model.parameters()).device
     was_training = model.training

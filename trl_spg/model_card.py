@@ -182,12 +182,12 @@ def _usage_snippet(*, base_model: str | None, repo_id: str, is_adapter: bool, de
     if is_adapter:
         lines.append("from peft import PeftModel")
     lines += [
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
+        "from trl_spg.models import load_model_and_tokenizer",
         "from trl_spg.sampler import completion_mask_from_ids, diffusion_generate",
         "",
         'device = "cuda" if torch.cuda.is_available() else "cpu"',
-        "# Checkpoints that ship their own modeling code (LLaDA, Dream) also need trust_remote_code=True.",
+        "# LLaDA and Dream checkpoints load onto transformers' native bidirectional classes; others load as they are.",
     ]
     if is_adapter:
         base = base_model if base_model is not None else _UNKNOWN_BASE_PLACEHOLDER
@@ -196,14 +196,14 @@ def _usage_snippet(*, base_model: str | None, repo_id: str, is_adapter: bool, de
                 "# The base model was not recorded: replace the placeholder with the model the adapter was trained on."
             )
         lines += [
-            f'base_model = AutoModelForCausalLM.from_pretrained({_python_literal(base)}, dtype="auto").to(device)',
+            f"base_model, tokenizer = load_model_and_tokenizer({_python_literal(base)})",
+            "base_model = base_model.to(device)",
             f"model = PeftModel.from_pretrained(base_model, {_python_literal(repo_id)}).eval()",
-            f"tokenizer = AutoTokenizer.from_pretrained({_python_literal(base)})",
         ]
     else:
         lines += [
-            f'model = AutoModelForCausalLM.from_pretrained({_python_literal(repo_id)}, dtype="auto").to(device).eval()',
-            f"tokenizer = AutoTokenizer.from_pretrained({_python_literal(repo_id)})",
+            f"model, tokenizer = load_model_and_tokenizer({_python_literal(repo_id)})",
+            "model = model.to(device).eval()",
         ]
     lines += [
         "",

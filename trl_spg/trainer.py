@@ -193,9 +193,10 @@ class SPGTrainer(GRPOTrainer):
         args = self.args
         inner = unwrap_model(self.model)
         is_adapter = hasattr(self.model, "peft_config")
-        base_model = getattr(inner.config, "_name_or_path", None) or None
+        # A converted LLaDA/Dream checkpoint remembers its hub id; a local folder means nothing to a reader.
+        base_model = getattr(inner.config, "converted_from", None) or getattr(inner.config, "_name_or_path", None)
         if base_model is not None and os.path.isdir(base_model):
-            base_model = None  # a local folder means nothing to a reader of the card
+            base_model = None
         settings = {
             name: getattr(args, name)
             for name in (

@@ -113,13 +113,17 @@ def test_extreme_logits_no_nan(scale):
 
 
 def test_gumbel_max_matches_softmax_frequencies():
+    """Both exact draws from softmax(logits / T): the sampler's inverse-CDF one and the Gumbel-max reference."""
+    from trl_spg.sampler import sample_tokens
+
     logits = torch.tensor([0.0, 1.0, 2.0, -1.0])
     temperature = 0.7
-    draws = gumbel_max_sample(logits.expand(20000, -1), temperature, torch.Generator().manual_seed(0))
-    freq = torch.bincount(draws, minlength=4).double() / 20000
     probs = torch.softmax(logits.double() / temperature, -1)
     stderr = (probs * (1 - probs) / 20000).sqrt()
-    assert ((freq - probs).abs() < 4 * stderr).all()
+    for draw in (sample_tokens, gumbel_max_sample):
+        draws = draw(logits.expand(20000, -1), temperature, torch.Generator().manual_seed(0))
+        freq = torch.bincount(draws, minlength=4).double() / 20000
+        assert ((freq - probs).abs() < 4 * stderr).all()
 
 
 def test_top_k_positions_per_row_counts():

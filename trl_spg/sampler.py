@@ -2,9 +2,14 @@
 
 The canvas is the left-padded prompt followed by ``gen_length`` mask tokens, cut into blocks of ``block_length``
 decoded left to right. Each block gets ``steps / num_blocks`` steps; at every step the model predicts all of the
-block's positions at once, a candidate token is drawn for each (Gumbel-max at temperature ``T``, argmax at
-``T = 0``), and the ``k`` most confident still-masked positions of the block are revealed. Revealed tokens never
-change.
+block's positions at once, a candidate token is drawn for each still-masked position (an exact draw from
+``softmax(logits / T)``, argmax at ``T = 0``), and the ``k`` most confident of them are revealed. Revealed tokens
+never change.
+
+Cost. Every row reveals the same number of tokens per step, so after ``s`` reveals each row has exactly
+``block_length - s`` masked positions: the sampler gathers the logits of just those positions (no host sync) and
+does all vocabulary-wide work (candidate draw, confidence) on them only. The candidate draw is an inverse-CDF
+lookup with one float64 uniform per position instead of a float64 Gumbel variate per vocabulary entry.
 """
 
 from __future__ import annotations
@@ -22,13 +27,50 @@ def reveal_schedule(num_masked: int, steps: int) -> list[int]:
     return [base + (1 if step < remainder else 0) for step in range(steps)]
 
 
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """float64 U[0, 1) draws on the generator's device, returned on ``device``."""
+    source = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=source, dtype=torch.float64).to(device)
+
+
+def inverse_cdf_sample(logits: torch.Tensor, temperature: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """Per position, the token whose interval of the CDF of ``softmax(logits / T)`` holds the uniform in ``uniforms``.
+
+    ``uniforms`` (shaped like ``logits[..., 0]``) are U[0, 1) draws. The weights ``exp((logits - max) / T)`` and
+    their running sum are float64, so each token's interval has its exact width up to float64 rounding (about
+    ``2**-52`` of the total, the resolution of float64 Gumbel noise); tokens of weight 0 (``-inf`` logits) have
+    empty intervals and are never drawn. Like Gumbel-max, a row with ``+inf`` logits gives its first ``+inf`` token
+    and a row of ``-inf`` gives token 0.
+    """
+    weights = logits.double()
+    # A finite shift keeps +inf logits (weight +inf, first one drawn) and -inf rows (all weights 0) free of NaN.
+    finite = torch.finfo(torch.float64).max
+    weights.sub_(weights.amax(-1, keepdim=True).clamp_(-finite, finite)).div_(temperature).exp_()
+    cdf = weights.cumsum_(-1)
+    total = cdf[..., -1:]
+    # u * total < total, so the draw lands on a token of positive weight even when the product rounds up.
+    target = torch.fmin(uniforms.unsqueeze(-1).to(cdf) * total, total.nextafter(torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return torch.where(total.squeeze(-1) > 0, tokens, 0).clamp_(max=logits.shape[-1] - 1)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per position drawn exactly from ``softmax(logits / T)`` (`inverse_cdf_sample`); ``T = 0`` is argmax.
+
+    Draws one float64 uniform per position from ``generator``.
+    """
+    if temperature == 0:
+        return logits.argmax(-1)
+    return inverse_cdf_sample(logits, temperature, _uniform(logits.shape[:-1], generator, logits.device))
+
+
 def gumbel_max_sample(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """``argmax(logits / T + G)`` with ``G ~ Gumbel(0, 1)`` drawn in float64 (a draw from ``softmax(logits / T)``).
 
-    float64 keeps the ``-log(-log u)`` tail exact enough that low-probability tokens keep their true odds;
-    ``T = 0`` is the plain argmax.
+    The same distribution as `sample_tokens`, at the price of a float64 variate per vocabulary entry; kept as the
+    textbook reference (the sampler itself uses `sample_tokens`). ``T = 0`` is the plain argmax.
     """
     if temperature == 0:
         return logits.argmax(-1)
@@ -95,22 +137,36 @@ def diffusion_generate(
     canvas = torch.cat([prompt_ids, prompt_ids.new_full((batch, gen_length), mask_token_id)], dim=1)
     attention_mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones((batch, gen_length)).long()], dim=1)
     schedule = reveal_schedule(block_length, steps // num_blocks)
+    row_offsets = torch.arange(batch, device=device).unsqueeze(-1) * block_length
 
     for block in range(num_blocks):
         start = prompt_width + block * block_length
         positions = torch.arange(start, start + block_length, device=device)
+        remaining = block_length  # masked positions of the block, the same in every row
         for k in schedule:
             if k == 0:
                 continue
             logits = forward_logits(model, canvas, attention_mask, keep=positions)
-            # A revealed [MASK] would stay masked and break the reveal count, so it is never a candidate.
-            logits[..., mask_token_id] = float("-inf")
             current = canvas[:, start : start + block_length]
             still_masked = current == mask_token_id
-            candidates = gumbel_max_sample(logits, temperature, generator)
-            confidence = reveal_confidence(logits, candidates, remasking, generator)
-            reveal = top_k_positions(confidence, still_masked, k)
-            canvas[:, start : start + block_length] = torch.where(reveal, candidates, current)
+            # The `remaining` masked positions of each row, in position order (masked sort first, stably).
+            masked_at = (~still_masked).to(torch.uint8).argsort(dim=-1, stable=True)[:, :remaining]
+            rows = (masked_at + row_offsets).flatten()
+            vocab = logits.shape[-1]
+            masked_logits = logits.reshape(-1, vocab).index_select(0, rows).view(batch, remaining, vocab)
+            del logits
+            # A revealed [MASK] would stay masked and break the reveal count, so it is never a candidate.
+            masked_logits[..., mask_token_id] = float("-inf")
+            candidates = sample_tokens(masked_logits, temperature, generator)
+            if remasking == "low_confidence":
+                confidence = reveal_confidence(masked_logits, candidates, remasking)
+            else:  # random: one uniform per block position, however many are still masked
+                confidence = reveal_confidence(current, current, remasking, generator).gather(1, masked_at)
+            del masked_logits
+            reveal = top_k_positions(confidence, still_masked.gather(1, masked_at), k)
+            revealed = torch.where(reveal, candidates, current.gather(1, masked_at))
+            canvas[:, start : start + block_length] = current.scatter(1, masked_at, revealed)
+            remaining -= k
     return canvas[:, prompt_width:]
 
 

@@ -13,9 +13,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_models import char_variety, make_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from trl_spg import SPGConfig, SPGTrainer
+from trl_spg import SPGTrainer
 from trl_spg.masking import MonteCarloMasks
 from trl_spg.modeling import (
     forward_logits,
@@ -573,29 +574,11 @@ def test_unsupported_checkpoints_raise_clear_errors(tmp_path, tokenizer):
 # SPGTrainer from a path string
 
 
-def char_variety(completions, **kwargs):
-    return [float(len(set(text))) for text in completions]
-
-
 @pytest.mark.parametrize("fmt", ["llada", "dream"])
 def test_spg_trainer_trains_from_a_checkpoint_path(fmt, tmp_path, tokenizer, prompt_dataset):
     writer = write_llada_checkpoint if fmt == "llada" else write_dream_checkpoint
     folder = writer(tmp_path / f"{fmt}-tiny", tokenizer)[0]
-    args = SPGConfig(
-        output_dir=str(tmp_path / "out"),
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=8,
-        block_length=4,
-        diffusion_steps=4,
-        max_steps=2,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        model_init_kwargs={"dtype": "float32", "attn_implementation": "eager"},
-    )
+    args = make_args(tmp_path, model_init_kwargs={"dtype": "float32", "attn_implementation": "eager"})
     trainer = SPGTrainer(str(folder), char_variety, args=args, train_dataset=prompt_dataset)
     inner = unwrap_model(trainer.model)
     assert type(inner) is (LlamaForCausalLM if fmt == "llada" else Qwen2ForCausalLM)

@@ -7,44 +7,17 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
-from tiny_models import tiny_bidirectional_llama
+from tiny_models import char_variety, make_args, tiny_bidirectional_llama
 from transformers import LlamaConfig, LlamaModel, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 from trl.rewards import get_soft_overlong_punishment, think_format_reward
 
 import trl_spg.trainer as trainer_module
-from trl_spg import SPGConfig, SPGTrainer
+from trl_spg import SPGTrainer
 from trl_spg.bounds import spg_bounds, spg_loss
 from trl_spg.masking import sample_masks
 from trl_spg.scoring import masked_token_logprobs
 from trl_spg.seeding import make_generator
-
-
-def char_variety(completions, **kwargs):
-    """Distinct characters in the completion: varies within a group even for an untrained model."""
-    return [float(len(set(text))) for text in completions]
-
-
-def make_args(tmp_path, **overrides):
-    options = dict(
-        output_dir=str(tmp_path / "out"),
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=8,
-        block_length=4,
-        diffusion_steps=4,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-2,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        seed=0,
-    )
-    options.update(overrides)
-    return SPGConfig(**options)
 
 
 def snapshot(model):

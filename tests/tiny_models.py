@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from trl_spg import SPGConfig
+
 
 def tiny_bidirectional_llama(vocab_size: int = 8, seed: int = 0, hidden_size: int = 32, layers: int = 2):
     """A random bidirectional Llama (``is_causal=False``) in eval mode; the last id is the mask token."""
@@ -36,3 +38,30 @@ class ConstantLogits(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None):
         return self.values.expand(*input_ids.shape, -1).clone()
+
+
+def char_variety(completions, **kwargs):
+    """Distinct characters in the completion: varies within a group even for an untrained model."""
+    return [float(len(set(text))) for text in completions]
+
+
+def make_args(tmp_path, **overrides):
+    options = dict(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        block_length=4,
+        diffusion_steps=4,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-2,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        seed=0,
+    )
+    options.update(overrides)
+    return SPGConfig(**options)

@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
+from transformers import TrainerCallback
 from trl import TrlParser
 
 from trl_spg import SPGConfig, SPGTrainer
@@ -64,6 +65,10 @@ class SudokuScriptArguments:
     )
     eval_batch_size: int = field(default=128, metadata={"help": "Puzzles decoded together during evaluation."})
     skip_eval: bool = field(default=False, metadata={"help": "Skip the before/after evaluation."})
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "Also evaluate held-out accuracy every this many RL steps (0: only before/after)."},
+    )
     tiny_warm_start_steps: int = field(default=250, metadata={"help": "SFT steps of the tiny model's warm start."})
     cache_dir: str | None = field(default=None, metadata={"help": "Cache for the warm-started tiny model."})
 
@@ -141,6 +146,19 @@ def evaluate(trainer: SPGTrainer, tokenizer, rows, examples, script_args, traini
     )
 
 
+class HeldOutCurve(TrainerCallback):
+    """Held-out accuracy every `every` optimizer steps, appended to `curve` as ``{"step", "accuracy", "stderr"}``."""
+
+    def __init__(self, evaluate_fn, every: int, curve: list):
+        self.evaluate_fn, self.every, self.curve = evaluate_fn, every, curve
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            result = self.evaluate_fn()
+            self.curve.append({"step": state.global_step, "accuracy": result["accuracy"], "stderr": result["stderr"]})
+            logger.info("Held-out accuracy at step %d: %.4f", state.global_step, result["accuracy"])
+
+
 def paired_stderr(before: dict, after: dict, puzzles: list[dict]) -> float:
     """Standard error of the accuracy difference on the same puzzles (per-puzzle paired differences)."""
     from trl_spg.tasks.sudoku import cell_accuracy, parse_answer
@@ -209,6 +227,14 @@ def main(argv: list[str] | None = None) -> dict:
         results["before"] = evaluate(trainer, tokenizer, test_rows, examples, script_args, training_args)
         logger.info(
             "Held-out accuracy before RL: %.4f +- %.4f", results["before"]["accuracy"], results["before"]["stderr"]
+        )
+    if script_args.eval_every > 0 and not script_args.skip_eval:
+        trainer.add_callback(
+            HeldOutCurve(
+                lambda: evaluate(trainer, tokenizer, test_rows, examples, script_args, training_args),
+                script_args.eval_every,
+                results.setdefault("curve", []),
+            )
         )
     trainer.train()
     if not script_args.skip_eval:

@@ -37,14 +37,19 @@ def test_example_runs_two_steps_and_writes_artefacts(tmp_path):
             "4",
             "--eval_puzzles",
             "8",
+            "--eval_every",
+            "1",
             "--use_cpu",
             "true",
         ]
     )
-    assert set(results) == {"before", "after", "paired_stderr"}
+    assert set(results) == {"before", "after", "paired_stderr", "curve"}
+    # Greedy evaluation is deterministic: the curve's last point is the final model's accuracy.
+    assert [point["step"] for point in results["curve"]] == [1, 2]
+    assert results["curve"][-1]["accuracy"] == results["after"]["accuracy"]
     assert results["before"]["puzzles"] == 8 and 0.0 <= results["after"]["accuracy"] <= 1.0
     summary = json.loads((out / "sudoku_results.json").read_text())
-    assert summary["before"]["empty_cells"] == 64
+    assert summary["before"]["empty_cells"] == 64 and len(summary["curve"]) == 2
     assert (out / "reward_curve.png").stat().st_size > 0
     assert (out / "README.md").exists() and (out / "model.safetensors").exists()
     # The warm start is cached: a second build loads it instead of training.

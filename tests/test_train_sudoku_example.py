@@ -86,3 +86,17 @@ def test_tiny_model_is_deterministic_and_cached(tmp_path):
     for a, b, c in zip(model_a.parameters(), model_b.parameters(), loaded.parameters()):
         assert torch.equal(a, b) and torch.equal(a, c)
     assert tokenizer.mask_token_id is not None
+
+
+def test_update_direction_benchmark_runs_at_toy_size(tmp_path):
+    path = EXAMPLE.parents[1] / "benchmarks" / "sudoku_update_direction.py"
+    spec = importlib.util.spec_from_file_location("sudoku_update_direction", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    flags = "--warm_start_steps 2 --prompts 2 --generations 4 --step_lr 1e-4 --settings mix:0:0.3 elbo:0.15:0"
+    results = module.main(flags.split() + ["--cache_dir", str(tmp_path), "--output", str(tmp_path / "r.json")])
+    assert results["rollouts"] == 8 and set(results["settings"]) == {"mix:0:0.3", "elbo:0.15:0"}
+    for entry in results["settings"].values():
+        assert -1.0 <= entry["cosine"] <= 1.0 and -1.0 <= entry["sign_agreement"] <= 1.0
+        assert abs(entry["step_gain"]) <= 1.0
+    assert json.loads((tmp_path / "r.json").read_text()) == results

@@ -34,7 +34,7 @@ class TinySudokuSpec:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    sft_steps: int = 250
+    sft_steps: int = 600
     sft_batch_size: int = 32
     sft_learning_rate: float = 1e-3
     seed: int = 0

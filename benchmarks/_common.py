@@ -18,7 +18,9 @@ import torch
 # Make `trl_spg` importable when the scripts are run from a source checkout without installing it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
+
+from trl_spg.tiny import bidirectional_llama  # noqa: E402
 
 PRESETS = {
     # The CPU setup of the issue: a tiny bidirectional Llama with a realistic vocabulary.
@@ -110,25 +112,21 @@ def describe(args: argparse.Namespace, extra: dict | None = None, timing: str | 
 
 
 def build_model(args: argparse.Namespace, *, train: bool = False) -> LlamaForCausalLM:
-    """A random bidirectional Llama (``is_causal=False``); the last id is the mask token."""
-    config = LlamaConfig(
-        vocab_size=args.vocab,
+    """A random bidirectional Llama (`trl_spg.tiny.bidirectional_llama`) of the preset's size; the last id is the mask
+    token, 0 the pad and 1 the EOS."""
+    model = bidirectional_llama(
+        args.vocab,
         hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
         intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
         max_position_embeddings=max(256, args.prompt + args.gen),
-        is_causal=False,
-        mask_token_id=args.vocab - 1,
         pad_token_id=0,
         eos_token_id=1,
-        bos_token_id=None,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.torch_dtype,
     )
-    torch.manual_seed(args.seed)  # a benchmark script owns its process; library code never reseeds
-    with torch.device(args.device):
-        model = LlamaForCausalLM(config)
-    model.to(args.torch_dtype)
     return model.train(train)
 
 

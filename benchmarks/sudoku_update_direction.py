@@ -24,11 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trl_spg.bounds import spg_bounds, spg_loss  # noqa: E402
 from trl_spg.evaluation import evaluate_sudoku  # noqa: E402
-from trl_spg.masking import sample_masks  # noqa: E402
+from trl_spg.objective import SPGObjective  # noqa: E402
 from trl_spg.sampler import completion_mask_from_ids, diffusion_generate  # noqa: E402
-from trl_spg.scoring import masked_token_logprobs  # noqa: E402
 from trl_spg.tasks.sudoku import compact_completion, compact_prompt, sudoku_reward, sudoku_split  # noqa: E402
 from trl_spg.tasks.sudoku_tiny import TINY_COMPLETION_LENGTH, TinySudokuSpec, tiny_sudoku_model  # noqa: E402
 
@@ -45,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--num_mc_masks", type=int, default=4)
     parser.add_argument("--eubo_beta", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--scale_rewards", choices=["none", "group"], default="none", help="Advantages as SPG ('none') or GRPO."
+    )
     parser.add_argument("--step_lr", type=float, default=0.0, help="Also measure one sign step of this size.")
     parser.add_argument("--chunk", type=int, default=256, help="Rollouts per forward/backward pass.")
     parser.add_argument("--cache_dir", default=None)
@@ -111,8 +112,12 @@ def main(argv=None) -> dict:
             solution=[r["solution"] for r in rows for _ in range(group)],
         )
     ).view(-1, group)
-    # Group-normalised advantages, as TRL computes them by default.
-    advantages = ((rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)).flatten()
+    # Group-centred advantages, as SPG (`scale_rewards="none"`) computes them; `--scale_rewards group` divides by the
+    # group's standard deviation as GRPO's default does.
+    advantages = rewards - rewards.mean(1, keepdim=True)
+    if args.scale_rewards == "group":
+        advantages = advantages / (rewards.std(1, keepdim=True) + 1e-4)
+    advantages = advantages.flatten()
     print(
         f"{len(texts)} rollouts, mean reward {rewards.mean():.4f} ({time.perf_counter() - started:.0f} s)", flush=True
     )
@@ -121,25 +126,27 @@ def main(argv=None) -> dict:
     total = len(completion_ids)
 
     def spg_gradient(negative: str, p_mask_prompt: float, min_mask_ratio: float) -> torch.Tensor:
+        objective = SPGObjective(
+            negative_bound=negative,
+            eubo_beta=args.eubo_beta,
+            num_mc_masks=args.num_mc_masks,
+            block_length=width,
+            min_mask_ratio=min_mask_ratio,
+            p_mask_prompt=p_mask_prompt,
+        )
         generator = torch.Generator().manual_seed(5)
+        rollouts = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "advantages": advantages,
+        }
 
         def loss(sl):
-            masks = sample_masks(
-                prompt_mask[sl],
-                completion_mask[sl],
-                num_masks=args.num_mc_masks,
-                strategy="block_random",
-                block_length=width,
-                min_t=min_mask_ratio,
-                p_mask_prompt=p_mask_prompt,
-                generator=generator,
-            )
-            logps = masked_token_logprobs(model, prompt_ids[sl], prompt_mask[sl], completion_ids[sl], masks, mask_id)
-            lengths = completion_mask[sl].sum(-1)
-            bounds = spg_bounds(
-                logps, masks.scored, lengths, advantages[sl], negative=negative, beta=args.eubo_beta, mix_weight=0.5
-            )
-            return spg_loss(advantages[sl], bounds["selected"], lengths) * (lengths.numel() / total)
+            chunk = {key: value[sl] for key, value in rollouts.items()}
+            output = objective.loss(model, chunk, mask_token_id=mask_id, generator=generator)
+            return output.loss * (len(chunk["advantages"]) / total)
 
         return loss_gradient(model, [(sl,) for sl in chunks], loss)
 
@@ -149,18 +156,20 @@ def main(argv=None) -> dict:
         [solution_ids, solution_ids.new_full((len(rows), width - solution_ids.shape[1]), eos_id)], 1
     )
     solution_mask = completion_mask_from_ids(solution_ids, eos_id)
-    ones = torch.ones(len(rows))
+
+    supervised_objective = SPGObjective(
+        negative_bound="elbo", masking_strategy="random", num_mc_masks=16, p_mask_prompt=0.0
+    )
+    solutions = {
+        "prompt_ids": prompts["input_ids"],
+        "prompt_mask": prompts["attention_mask"],
+        "completion_ids": solution_ids,
+        "completion_mask": solution_mask,
+        "advantages": torch.ones(len(rows)),
+    }
 
     def sft_loss(generator):
-        masks = sample_masks(
-            prompts["attention_mask"], solution_mask, num_masks=16, strategy="random", generator=generator
-        )
-        logps = masked_token_logprobs(
-            model, prompts["input_ids"], prompts["attention_mask"], solution_ids, masks, mask_id
-        )
-        lengths = solution_mask.sum(-1)
-        bounds = spg_bounds(logps, masks.scored, lengths, ones, negative="elbo")
-        return spg_loss(ones, bounds["selected"], lengths)
+        return supervised_objective.loss(model, solutions, mask_token_id=mask_id, generator=generator).loss
 
     supervised = loss_gradient(model, [(torch.Generator().manual_seed(6),)], sft_loss)
 

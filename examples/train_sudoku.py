@@ -113,7 +113,7 @@ def build_model(script_args: SudokuScriptArguments, training_args: SPGConfig, tr
         return model, tokenizer, None
     from peft import LoraConfig
 
-    from trl_spg.models import load_model_and_tokenizer
+    from trl_spg import load_model_and_tokenizer
 
     kwargs = {}
     if script_args.load_in_4bit:

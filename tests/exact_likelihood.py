@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from trl_spg.bounds import token_logprobs
 from trl_spg.modeling import forward_logits
+from trl_spg.scoring import token_logprobs
 
 
 def subset_weight(size: int, length: int) -> float:

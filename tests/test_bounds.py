@@ -16,7 +16,6 @@ from trl_spg.bounds import (
     select_bound,
     spg_bounds,
     spg_loss,
-    token_logprobs,
 )
 from trl_spg.masking import sample_masks
 from trl_spg.scoring import masked_token_logprobs
@@ -26,12 +25,8 @@ MASK = 7
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_exact_sandwich_for_beta_at_least_length(seed):
-    """ELBO <= log pi <= EUBO for beta >= L on random models and sequences.
-
-    Observed for beta = 1 (below L, where the EUBO is only a surrogate): on these models the EUBO sometimes falls
-    below log pi (e.g. seed 1, completion [3, 0, 4, 5]: EUBO -9.630 < log pi -9.584), so the upper side is not
-    guaranteed there, as SPEC section 1 says.
-    """
+    """ELBO <= log pi <= EUBO for beta >= L on random models and sequences (for beta < L the EUBO is a surrogate
+    with the right gradient and can fall below log pi)."""
     gen = torch.Generator().manual_seed(seed)
     model = tiny_bidirectional_llama(vocab_size=8, seed=seed)
     length = 3 + seed % 4
@@ -43,14 +38,6 @@ def test_exact_sandwich_for_beta_at_least_length(seed):
         assert exact["log_likelihood"] <= exact["eubo"] + 1e-9
     # The ELBO gap is real, so the test would catch a bound computed on the wrong side.
     assert exact["log_likelihood"] - exact["elbo"] > 1e-4
-
-
-def test_beta_one_observation():
-    """Records the beta = 1 behaviour quoted above: the surrogate EUBO can fall below log pi."""
-    model = tiny_bidirectional_llama(vocab_size=8, seed=1)
-    exact = exact_quantities(model, [1, 2], [3, 0, 4, 5], MASK, beta=1.0)
-    assert exact["elbo"] < exact["log_likelihood"]
-    assert exact["eubo"] < exact["log_likelihood"]
 
 
 def _random_mask_estimates(model, prompt, completion, beta, num_masks, seed):
@@ -136,14 +123,6 @@ def test_eubo_finite_for_extreme_logprobs(beta):
     assert torch.isfinite(eubo).all()
     eubo.sum().backward()
     assert torch.isfinite(logps.grad).all()
-
-
-def test_token_logprobs_matches_log_softmax():
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 5, 11, generator=gen) * 5
-    targets = torch.randint(0, 11, (2, 5), generator=gen)
-    expected = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
-    torch.testing.assert_close(token_logprobs(logits, targets), expected)
 
 
 def test_negative_bound_kinds():

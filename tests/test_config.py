@@ -52,6 +52,21 @@ def test_rejections_name_the_fix(overrides, message):
         make(**overrides)
 
 
-def test_all_masking_with_one_mask_and_valid_blocks_accepted():
-    config = make(masking_strategy="all", num_mc_masks=1, max_completion_length=64, block_length=16, diffusion_steps=8)
-    assert config.max_completion_length // config.block_length == 4
+def test_objective_carries_every_setting():
+    from dataclasses import asdict
+
+    from trl_spg.objective import SPGObjective
+
+    settings = dict(
+        negative_bound="eubo",
+        eubo_beta=2.0,
+        mix_weight=0.25,
+        masking_strategy="all",
+        num_mc_masks=1,
+        block_length=16,
+        min_mask_ratio=0.1,
+        max_mask_ratio=0.9,
+        p_mask_prompt=0.05,
+    )
+    config = make(max_completion_length=64, diffusion_steps=8, **settings)
+    assert asdict(SPGObjective.from_config(config)) == settings

@@ -1,14 +1,18 @@
-"""The semi-autoregressive diffusion sampler."""
+"""The semi-autoregressive diffusion sampler: schedule, padding, exact draws, and token identity with a plain loop."""
+
+import math
 
 import pytest
 import torch
 from tiny_models import ConstantLogits, tiny_bidirectional_llama
 
+from trl_spg.modeling import position_ids_from_mask
 from trl_spg.sampler import (
     completion_mask_from_ids,
     diffusion_generate,
-    gumbel_max_sample,
+    inverse_cdf_sample,
     reveal_schedule,
+    sample_tokens,
     top_k_positions,
 )
 
@@ -80,7 +84,7 @@ def test_each_step_reveals_schedule_in_block_order(remasking):
 
 
 def test_left_padding_does_not_change_greedy_completion():
-    model = tiny_bidirectional_llama(vocab_size=16, seed=2)
+    model = tiny_bidirectional_llama(vocab_size=16, seed=5)
     short = torch.tensor([[3, 4, 5]])
     long = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
     options = dict(mask_token_id=MASK, gen_length=8, block_length=4, steps=8, temperature=0.0)
@@ -112,20 +116,6 @@ def test_extreme_logits_no_nan(scale):
     assert (out == int(logits[:MASK].argmax())).all()
 
 
-def test_gumbel_max_matches_softmax_frequencies():
-    """Both exact draws from softmax(logits / T): the sampler's inverse-CDF one and the Gumbel-max reference."""
-    from trl_spg.sampler import sample_tokens
-
-    logits = torch.tensor([0.0, 1.0, 2.0, -1.0])
-    temperature = 0.7
-    probs = torch.softmax(logits.double() / temperature, -1)
-    stderr = (probs * (1 - probs) / 20000).sqrt()
-    for draw in (sample_tokens, gumbel_max_sample):
-        draws = draw(logits.expand(20000, -1), temperature, torch.Generator().manual_seed(0))
-        freq = torch.bincount(draws, minlength=4).double() / 20000
-        assert ((freq - probs).abs() < 4 * stderr).all()
-
-
 def test_top_k_positions_per_row_counts():
     score = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.3, 0.2, 0.8, 0.1]])
     eligible = torch.tensor([[True, False, True, True], [True, True, True, True]])
@@ -148,3 +138,137 @@ def test_completion_mask_stops_after_first_eos():
     ids = torch.tensor([[4, 2, 2, 5], [4, 4, 4, 4], [2, 3, 3, 3]])
     assert completion_mask_from_ids(ids, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert completion_mask_from_ids(ids, [5, 3]).tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def straightforward_greedy(model, prompt_ids, prompt_mask, *, mask_token_id, gen_length, block_length, steps, **kw):
+    """The LLaDA decoding loop written plainly: full logits, float64 log-softmax, per-row Python top-k.
+
+    ``remasking="random"`` takes one float32 uniform per block position and step from ``generator``.
+    """
+    remasking, generator = kw.get("remasking", "low_confidence"), kw.get("generator")
+    batch, width = prompt_ids.shape
+    canvas = torch.cat([prompt_ids, torch.full((batch, gen_length), mask_token_id)], 1)
+    attention = torch.cat([prompt_mask, torch.ones(batch, gen_length, dtype=prompt_mask.dtype)], 1)
+    num_blocks = gen_length // block_length
+    for block in range(num_blocks):
+        start = width + block * block_length
+        for k in reveal_schedule(block_length, steps // num_blocks):
+            if k == 0:
+                continue
+            with torch.no_grad():
+                logits = model(
+                    input_ids=canvas, attention_mask=attention, position_ids=position_ids_from_mask(attention)
+                ).logits
+            logps = logits[:, start : start + block_length].double()
+            logps[..., mask_token_id] = -math.inf
+            logps = logps.log_softmax(-1)
+            noise = torch.rand((batch, block_length), generator=generator) if remasking == "random" else None
+            for row in range(batch):
+                masked = [i for i in range(block_length) if canvas[row, start + i] == mask_token_id]
+                best = logps[row].max(-1)
+                score = {i: (noise[row, i].item() if noise is not None else best.values[i].item()) for i in masked}
+                for i in sorted(masked, key=lambda i: (-score[i], i))[:k]:
+                    canvas[row, start + i] = best.indices[i]
+    return canvas[:, width:]
+
+
+GREEDY_CASES = [
+    # vocab, model seed, gen, block, steps, remasking, left padding
+    (16, 0, 8, 4, 6, "low_confidence", True),
+    (16, 1, 12, 4, 3, "low_confidence", False),  # one step per block: the whole block at once
+    (32, 2, 16, 8, 10, "low_confidence", True),  # 5 steps per block, 8 tokens: uneven reveal schedule
+    (24, 3, 8, 8, 16, "low_confidence", True),  # more steps than tokens: k = 0 steps are skipped
+    (16, 4, 8, 4, 4, "random", True),
+]
+
+
+@pytest.mark.parametrize("vocab, seed, gen, block, steps, remasking, padded", GREEDY_CASES)
+def test_greedy_rollout_matches_straightforward_loop(vocab, seed, gen, block, steps, remasking, padded):
+    mask = vocab - 1
+    model = tiny_bidirectional_llama(vocab_size=vocab, seed=seed)
+    data = torch.Generator().manual_seed(100 + seed)
+    prompt_ids = torch.randint(0, mask, (4, 6), generator=data)
+    prompt_mask = torch.ones_like(prompt_ids)
+    if padded:
+        prompt_ids[1, :3], prompt_mask[1, :3] = 0, 0
+        prompt_ids[3, :1], prompt_mask[3, :1] = 0, 0
+    options = dict(mask_token_id=mask, gen_length=gen, block_length=block, steps=steps, remasking=remasking)
+    fast = diffusion_generate(
+        model, prompt_ids, prompt_mask, temperature=0.0, generator=torch.Generator().manual_seed(7), **options
+    )
+    plain = straightforward_greedy(
+        model, prompt_ids, prompt_mask, generator=torch.Generator().manual_seed(7), **options
+    )
+    assert torch.equal(fast, plain)
+    assert (fast != mask).all()
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])
+def test_inverse_cdf_frequencies_match_softmax(temperature):
+    logits = torch.tensor([0.0, 1.5, -2.0, 3.0, -float("inf"), -6.0])
+    draws = 40000
+    tokens = sample_tokens(logits.expand(draws, -1), temperature, torch.Generator().manual_seed(1))
+    freq = torch.bincount(tokens, minlength=6).double() / draws
+    probs = torch.softmax(logits.double() / temperature, -1)
+    stderr = (probs * (1 - probs) / draws).sqrt()
+    assert ((freq - probs).abs() <= 4.5 * stderr + 1e-12).all()
+    assert freq[4] == 0  # a -inf logit is never drawn
+
+
+def test_inverse_cdf_boundaries_have_float64_resolution():
+    # Token 1 has probability p = e^-30 / (1 + e^-30), about 9.4e-14: far below float32 resolution.
+    logits = torch.tensor([[0.0, -30.0]])
+    p = math.exp(-30.0) / (1 + math.exp(-30.0))
+    just_inside = torch.tensor([1 - 0.5 * p], dtype=torch.float64)
+    just_outside = torch.tensor([1 - 1.5 * p], dtype=torch.float64)
+    assert inverse_cdf_sample(logits, 1.0, just_inside).item() == 1
+    assert inverse_cdf_sample(logits, 1.0, just_outside).item() == 0
+    # Temperature scales the logits before normalising: at T = 2 token 1 has probability e^-15 / (1 + e^-15).
+    q = math.exp(-15.0) / (1 + math.exp(-15.0))
+    assert inverse_cdf_sample(logits, 2.0, torch.tensor([1 - 0.5 * q], dtype=torch.float64)).item() == 1
+    assert inverse_cdf_sample(logits, 2.0, torch.tensor([1 - 1.5 * q], dtype=torch.float64)).item() == 0
+
+
+def test_inverse_cdf_edges():
+    largest_u = torch.tensor([1 - 2.0**-53], dtype=torch.float64)
+    # The largest uniform never lands on a trailing token of weight 0, such as a last-id [MASK].
+    assert inverse_cdf_sample(torch.tensor([[1.0, 2.0, -float("inf")]]), 0.7, largest_u).item() == 1
+    assert inverse_cdf_sample(torch.tensor([[1.0, 2.0, -float("inf")]]), 0.7, torch.zeros(1).double()).item() == 0
+    # +inf logits take all the mass (the first of them, as argmax); a row of -inf gives token 0.
+    inf = float("inf")
+    assert inverse_cdf_sample(torch.tensor([[3e38, inf, 1.0, inf]]), 0.9, largest_u).item() == 1
+    assert inverse_cdf_sample(torch.tensor([[-inf, -inf, -inf]]), 0.9, largest_u).item() == 0
+    # Huge finite logits stay finite in float64.
+    assert inverse_cdf_sample(torch.tensor([[3e38, -3e38, 2.9e38]]), 0.9, largest_u).item() == 0
+
+
+def test_sample_tokens_draws_one_float64_uniform_per_position():
+    logits = torch.randn(3, 5, 11, generator=torch.Generator().manual_seed(0))
+    tokens = sample_tokens(logits, 0.8, torch.Generator().manual_seed(5))
+    uniforms = torch.rand((3, 5), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert torch.equal(tokens, inverse_cdf_sample(logits, 0.8, uniforms))
+    assert torch.equal(sample_tokens(logits, 0.0), logits.argmax(-1))
+
+
+def test_sampled_rollout_tokens_follow_the_tempered_softmax():
+    """With random remasking every revealed token is an independent draw from softmax(logits / T)."""
+    logits = torch.tensor([0.5, -1.0, 2.0, 0.0, -3.0, 1.0, -0.5, -2.0])  # id 7 is [MASK]
+    temperature, rows = 0.7, 1000
+    prompt = torch.zeros(rows, 2, dtype=torch.long)
+    out = diffusion_generate(
+        ConstantLogits(logits),
+        prompt,
+        torch.ones_like(prompt),
+        mask_token_id=7,
+        gen_length=8,
+        block_length=4,
+        steps=4,
+        temperature=temperature,
+        remasking="random",
+        generator=torch.Generator().manual_seed(3),
+    )
+    draws = out.numel()
+    freq = torch.bincount(out.flatten(), minlength=8).double() / draws
+    probs = torch.softmax(torch.cat([logits[:7], torch.tensor([-math.inf])]).double() / temperature, -1)
+    stderr = (probs * (1 - probs) / draws).sqrt()
+    assert ((freq - probs).abs() <= 4.5 * stderr + 1e-12).all()

@@ -8,15 +8,14 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from tiny_models import char_variety, make_args, tiny_bidirectional_llama
-from transformers import LlamaConfig, LlamaModel, PreTrainedModel
+from transformers import LlamaConfig, LlamaModel, PreTrainedModel, TrainerCallback
 from transformers.modeling_outputs import CausalLMOutput
 from trl.rewards import get_soft_overlong_punishment, think_format_reward
 
-import trl_spg.trainer as trainer_module
+import trl_spg.objective as objective_module
 from trl_spg import SPGTrainer
-from trl_spg.bounds import spg_bounds, spg_loss
 from trl_spg.masking import sample_masks
-from trl_spg.scoring import masked_token_logprobs
+from trl_spg.objective import SPGObjective
 from trl_spg.seeding import make_generator
 
 
@@ -29,11 +28,11 @@ def moved(model, before):
 
 
 class MaskRecorder:
-    """Wraps `sample_masks` in the trainer module and keeps every draw."""
+    """Wraps `sample_masks` where the SPG objective calls it and keeps every draw."""
 
     def __init__(self, monkeypatch):
         self.draws = []
-        monkeypatch.setattr(trainer_module, "sample_masks", self)
+        monkeypatch.setattr(objective_module, "sample_masks", self)
 
     def __call__(self, *args, **kwargs):
         masks = sample_masks(*args, **kwargs)
@@ -95,43 +94,63 @@ def test_existing_peft_model_saves_and_reloads(tmp_path, tiny_tokenizer, prompt_
         assert not torch.allclose(reloaded(input_ids=ids).logits, trained(input_ids=ids).logits)
 
 
-def test_loss_on_fixed_batch_equals_core_loss(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
-    args = make_args(tmp_path, p_mask_prompt=0.3)
-    trainer = SPGTrainer(
-        tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
-    )
+def fixed_inputs():
     gen = torch.Generator().manual_seed(0)
-    inputs = {
+    return {
         "prompt_ids": torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 5], [6, 6, 6]]),
         "prompt_mask": torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1], [1, 1, 1]]),
         "completion_ids": torch.randint(4, 30, (4, 8), generator=gen),
         "completion_mask": (torch.arange(8)[None] < torch.tensor([[8], [3], [5], [1]])).long(),
         "advantages": torch.tensor([1.5, -0.5, -1.0, 0.0]),
     }
+
+
+def test_trainer_loss_is_the_objective_of_its_config(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    """The trainer's loss is `SPGObjective` of its config, with masks from the (seed, micro-step, process) stream."""
+    args = make_args(tmp_path, p_mask_prompt=0.3, negative_bound="eubo", eubo_beta=2.0)
+    trainer = SPGTrainer(
+        tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+    )
     trainer.model.train()
-    loss = trainer._compute_loss(trainer.model, inputs)
-    masks = sample_masks(
-        inputs["prompt_mask"],
-        inputs["completion_mask"],
-        num_masks=2,
-        strategy="block_random",
-        block_length=4,
-        p_mask_prompt=0.3,
+    loss = trainer._compute_loss(trainer.model, fixed_inputs())
+    expected = SPGObjective.from_config(args).loss(
+        trainer.model,
+        fixed_inputs(),
+        mask_token_id=tiny_tokenizer.mask_token_id,
         generator=make_generator("cpu", 0, "masks", 0, 0),
     )
-    logps = masked_token_logprobs(
-        trainer.model,
-        inputs["prompt_ids"],
-        inputs["prompt_mask"],
-        inputs["completion_ids"],
-        masks,
-        trainer.mask_token_id,
-    )
-    lengths = inputs["completion_mask"].sum(-1)
-    bounds = spg_bounds(logps, masks.scored, lengths, inputs["advantages"], negative="mix", beta=1.5, mix_weight=0.5)
-    expected = spg_loss(inputs["advantages"], bounds["selected"], lengths)
-    torch.testing.assert_close(loss, expected)
     assert loss.item() != 0.0
+    torch.testing.assert_close(loss, expected.loss)
+
+
+@pytest.mark.parametrize("negative_bound", ["mix", "eubo", "elbo"])
+def test_a_trained_step_raises_positive_elbos_and_lowers_negative_bounds(
+    tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, negative_bound
+):
+    """Not just the sign of the loss: after one SGD step on SPG's loss, every positive sample's ELBO is higher and
+    every negative sample's bound lower, measured with the same masks."""
+    args = make_args(tmp_path, negative_bound=negative_bound, num_mc_masks=4)
+    trainer = SPGTrainer(
+        tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+    )
+    model, inputs = trainer.model, fixed_inputs()
+    inputs["advantages"] = torch.tensor([1.0, -1.0, 1.0, -1.0])
+
+    def bounds():
+        output = trainer.objective.loss(
+            model, inputs, mask_token_id=trainer.mask_token_id, generator=torch.Generator().manual_seed(1)
+        )
+        return output, output.bounds["elbo"].detach(), output.bounds["negative"].detach()
+
+    output, elbo, negative = bounds()
+    output.loss.backward()
+    with torch.no_grad():
+        for param in model.parameters():
+            param -= 1e-3 * param.grad
+    _, elbo_after, negative_after = bounds()
+    positive = inputs["advantages"] > 0
+    assert (elbo_after[positive] > elbo[positive]).all()
+    assert (negative_after[~positive] < negative[~positive]).all()
 
 
 @pytest.mark.parametrize("advantage_sign", [1.0, -1.0])
@@ -395,3 +414,128 @@ def test_push_to_hub_uploads_adapter_and_card(tmp_path, tiny_model, tiny_tokeniz
     assert upload["kwargs"]["repo_id"] == "someone/tiny-spg"
     assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "tokenizer.json"} <= upload["files"]
     assert "PeftModel.from_pretrained" in upload["card"] and "spg" in upload["card"]
+
+
+class GradientRecorder(TrainerCallback):
+    """Keeps the gradients of every optimizer step (after accumulation and clipping)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.steps.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+
+
+def test_gradient_accumulation_two_equals_one_on_the_same_batch(tmp_path, tiny_tokenizer, prompt_dataset):
+    """The same 4 rollouts as one micro-batch or as 2 accumulated micro-batches of 2 give the same gradient.
+
+    The loss is normalised by the summed completion lengths of each micro-batch, so the two agree when the
+    micro-batches hold equally many completion tokens: here every completion runs to full length (no EOS id can
+    occur) and the masks are deterministic (the whole completion masked, no prompt masking).
+    """
+    from trl_spg.tiny import build_tiny_diffusion_lm
+
+    gradients = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        args = make_args(
+            tmp_path / f"ga{accumulation}",
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            masking_strategy="all",
+            num_mc_masks=1,
+            p_mask_prompt=0.0,
+            max_grad_norm=1e9,
+        )
+        model = build_tiny_diffusion_lm(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+        recorder = GradientRecorder()
+        trainer = SPGTrainer(
+            model,
+            char_variety,
+            args=args,
+            train_dataset=prompt_dataset,
+            processing_class=tiny_tokenizer,
+            callbacks=[recorder],
+        )
+        trainer.eos_token_ids = [10**6]  # no completion ends early
+        trainer.train()
+        (step,) = recorder.steps
+        gradients.append(step)
+    one, two = gradients
+    assert any(grad.abs().max() > 0 for grad in one.values())
+    for name, grad in one.items():
+        torch.testing.assert_close(two[name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_evaluation_on_start_with_an_eval_dataset(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    args = make_args(
+        tmp_path, eval_strategy="steps", eval_steps=2, eval_on_start=True, per_device_eval_batch_size=4, max_steps=2
+    )
+    trainer = SPGTrainer(
+        tiny_model,
+        char_variety,
+        args=args,
+        train_dataset=prompt_dataset,
+        eval_dataset=prompt_dataset.select(range(2)),
+        processing_class=tiny_tokenizer,
+    )
+    trainer.train()
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [0, 2]
+    for entry in evaluations:
+        assert entry["eval_spg/elbo"] < 0 and entry["eval_reward"] > 0
+
+
+def test_resume_reproduces_masks_and_parameters(tmp_path, tiny_tokenizer, prompt_dataset, monkeypatch):
+    """A run resumed from its step-2 checkpoint draws the uninterrupted run's masks for steps 3-4 and ends with its
+    parameters."""
+    from trl_spg.tiny import build_tiny_diffusion_lm
+
+    recorder = MaskRecorder(monkeypatch)
+    args = make_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+
+    def trainer():
+        model = build_tiny_diffusion_lm(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+        return SPGTrainer(
+            model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+        )
+
+    full = trainer()
+    full.train()
+    uninterrupted = [draw.clone() for draw in recorder.draws]
+    recorder.draws.clear()
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert len(uninterrupted) == 4 and len(recorder.draws) == 2
+    assert all(torch.equal(a, b) for a, b in zip(uninterrupted[2:], recorder.draws))
+    for (name, param), other in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(param, other), name
+
+
+def test_card_tags_given_as_one_string(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    from huggingface_hub import ModelCard
+
+    trainer = SPGTrainer(
+        tiny_model,
+        char_variety,
+        args=make_args(tmp_path),
+        train_dataset=prompt_dataset,
+        processing_class=tiny_tokenizer,
+    )
+    trainer.create_model_card(tags="my-tag")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.tags == ["trl", "spg", "diffusion-lm", "my-tag"]
+    assert "base_model" not in card.data.to_dict()  # a model built in code records no base
+
+
+@pytest.mark.parametrize("option", ["tools", "rollout_func", "environment_factory"])
+def test_rejects_options_that_bypass_diffusion_rollouts(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, option):
+    with pytest.raises(ValueError, match=option):
+        SPGTrainer(
+            tiny_model,
+            char_variety,
+            args=make_args(tmp_path),
+            train_dataset=prompt_dataset,
+            processing_class=tiny_tokenizer,
+            **{option: [len] if option == "tools" else len},
+        )

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from trl_spg import SPGConfig
+from trl_spg.tiny import bidirectional_llama
 
 
 def tiny_bidirectional_llama(vocab_size: int = 8, seed: int = 0, hidden_size: int = 32, layers: int = 2):
-    """A random bidirectional Llama (``is_causal=False``) in eval mode; the last id is the mask token."""
-    config = LlamaConfig(
-        vocab_size=vocab_size,
+    """A random bidirectional Llama in eval mode whose last id is the mask token, with sharpened predictions."""
+    model = bidirectional_llama(
+        vocab_size,
         hidden_size=hidden_size,
+        num_layers=layers,
+        num_heads=2,
         intermediate_size=2 * hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        is_causal=False,
-        mask_token_id=vocab_size - 1,
+        seed=seed,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-        # Larger output weights make the predictive distributions far from uniform, so bounds are not trivially tight.
-        model.lm_head.weight.data.mul_(20.0)
-    return model.eval()
+    # Larger output weights make the predictive distributions far from uniform, so bounds are not trivially tight.
+    model.lm_head.weight.data.mul_(20.0)
+    return model
 
 
 class ConstantLogits(torch.nn.Module):

@@ -35,7 +35,8 @@ class SPGConfig(GRPOConfig):
             Which masked positions of the current block are revealed at each step: the most confident
             (`"low_confidence"`) or uniformly random ones (`"random"`).
         mask_token_id (`int` or `None`, *optional*, defaults to `None`):
-            Id of the `[MASK]` token. `None` takes `model.config.mask_token_id`, else the tokenizer's mask token.
+            Id of the `[MASK]` token. `None` takes the tokenizer's mask token, else `model.config.mask_token_id`
+            (an error when both exist and differ).
 
         > SPG objective
 
@@ -83,7 +84,7 @@ class SPGConfig(GRPOConfig):
     )
     mask_token_id: int | None = field(
         default=None,
-        metadata={"help": "Id of the [MASK] token; default: model.config.mask_token_id, else the tokenizer's."},
+        metadata={"help": "Id of the [MASK] token; default: the tokenizer's mask token, else model.config's."},
     )
     negative_bound: str = field(
         default="mix",

@@ -136,7 +136,7 @@ def evaluate_sudoku(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .models import load_model_and_tokenizer
+    from .checkpoints import load_model_and_tokenizer
     from .tasks.sudoku import few_shot_examples, sudoku_split
 
     parser = argparse.ArgumentParser(description="Sudoku accuracy of a masked diffusion LM (greedy decoding).")

@@ -64,22 +64,6 @@ def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gen
     return inverse_cdf_sample(logits, temperature, _uniform(logits.shape[:-1], generator, logits.device))
 
 
-def gumbel_max_sample(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """``argmax(logits / T + G)`` with ``G ~ Gumbel(0, 1)`` drawn in float64 (a draw from ``softmax(logits / T)``).
-
-    The same distribution as `sample_tokens`, at the price of a float64 variate per vocabulary entry; kept as the
-    textbook reference (the sampler itself uses `sample_tokens`). ``T = 0`` is the plain argmax.
-    """
-    if temperature == 0:
-        return logits.argmax(-1)
-    device = generator.device if generator is not None else logits.device
-    u = torch.rand(logits.shape, generator=generator, device=device, dtype=torch.float64).to(logits.device)
-    gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(torch.float64).tiny)))
-    return (logits.double() / temperature + gumbel).argmax(-1)
-
-
 def reveal_confidence(
     logits: torch.Tensor, tokens: torch.Tensor, remasking: str, generator: torch.Generator | None = None
 ) -> torch.Tensor:

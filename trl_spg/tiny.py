@@ -23,6 +23,7 @@ __all__ = [
     "MASK_TOKEN",
     "UNK_TOKEN",
     "SIMPLE_CHAT_TEMPLATE",
+    "bidirectional_llama",
     "build_char_tokenizer",
     "build_tiny_diffusion_lm",
 ]
@@ -131,6 +132,58 @@ def _init_weights_(model: torch.nn.Module, std: float, pad_token_id: int | None,
         embeddings.weight[pad_token_id].zero_()
 
 
+def bidirectional_llama(
+    vocab_size: int,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 256,
+    mask_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> LlamaForCausalLM:
+    """A randomly initialised bidirectional Llama (a masked diffusion LM) of any size, in eval mode.
+
+    `is_causal=False` in the config makes transformers build a bidirectional (padding-only) attention mask, so every
+    position sees the whole sequence as in LLaDA. ``mask_token_id`` defaults to the last id.
+
+    Deterministic without side effects: the model is built on ``device`` (default CPU) in ``dtype`` inside
+    `torch.random.fork_rng`, so transformers' own random init does not advance the caller's global RNG, and then
+    every parameter is re-initialised from a `torch.Generator` on that device seeded with ``seed`` (Llama's scheme:
+    matrices N(0, 0.02^2), norms 1, biases 0, the padding row 0). Same seed, arguments and device -> same weights.
+    """
+    if hidden_size % num_heads != 0:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size if intermediate_size is not None else 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,  # Llama's default id (1) would point at an unrelated token
+        tie_word_embeddings=False,
+        is_causal=False,  # bidirectional attention: the defining property of a masked diffusion LM
+        use_cache=False,  # a KV cache is meaningless when every denoising step re-reads the whole sequence
+    )
+    # Custom field read by the diffusion trainers; saved and reloaded with the config.
+    config.mask_token_id = vocab_size - 1 if mask_token_id is None else mask_token_id
+    device = torch.device(device or "cpu")
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
+        model = LlamaForCausalLM._from_config(config, dtype=dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    _init_weights_(model, config.initializer_range, pad_token_id, generator)
+    return model.eval()
+
+
 def build_tiny_diffusion_lm(
     tokenizer: PreTrainedTokenizerFast,
     hidden_size: int = 64,
@@ -140,56 +193,21 @@ def build_tiny_diffusion_lm(
     max_position_embeddings: int = 256,
     seed: int = 0,
 ) -> LlamaForCausalLM:
-    """Build a small randomly initialised bidirectional Llama usable as a masked diffusion LM.
+    """A small random bidirectional Llama (`bidirectional_llama`) for ``tokenizer``, in eval mode, on the CPU.
 
-    `is_causal=False` in the config makes transformers build a bidirectional (padding-only) attention mask, so every
-    position sees the whole sequence as in LLaDA. `vocab_size` is `len(tokenizer)` and the config carries
-    `mask_token_id`, `pad_token_id` and `eos_token_id` from the tokenizer so trainers can find them on the model.
-
-    Determinism without side effects: the model is constructed inside `torch.random.fork_rng`, so the random init
-    transformers performs in `__init__` does not advance the caller's global CPU RNG, and then every parameter is
-    re-initialised explicitly from a `torch.Generator` seeded with `seed`. Same seed and arguments -> identical
-    weights, and the global RNG state is the same before and after the call. (Construction happens on the CPU; move
-    the model afterwards.)
-
-    Args:
-        tokenizer: Tokenizer providing the vocabulary size and the pad/eos/mask special tokens.
-        hidden_size: Model width; must be divisible by `num_heads`.
-        num_layers: Number of transformer blocks.
-        num_heads: Attention heads (no grouped-query attention: as many key/value heads).
-        intermediate_size: MLP width; defaults to `4 * hidden_size`.
-        max_position_embeddings: Longest sequence (prompt + completion) the RoPE config advertises.
-        seed: Seed of the generator used for the weights.
-
-    Returns:
-        A `LlamaForCausalLM` in eval mode.
+    ``vocab_size`` is ``len(tokenizer)`` and the config carries the tokenizer's ``mask_token_id``, ``pad_token_id``
+    and ``eos_token_id``, so trainers find them on the model. Same seed and arguments -> identical weights; the
+    global RNG is left as it was.
     """
-    if hidden_size % num_heads != 0:
-        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}).")
-    pad_token_id = _required_token_id(tokenizer, "pad_token")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return bidirectional_llama(
+        len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=intermediate_size if intermediate_size is not None else 4 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
-        pad_token_id=pad_token_id,
+        mask_token_id=_required_token_id(tokenizer, "mask_token"),
+        pad_token_id=_required_token_id(tokenizer, "pad_token"),
         eos_token_id=_required_token_id(tokenizer, "eos_token"),
-        # The char tokenizer adds no BOS; Llama's default id (1) would point at an unrelated token.
-        bos_token_id=None,
-        tie_word_embeddings=False,
-        # Bidirectional attention: the defining property of a masked diffusion LM.
-        is_causal=False,
-        # A KV cache is meaningless when every denoising step re-reads the whole sequence.
-        use_cache=False,
+        seed=seed,
     )
-    # Custom field read by the diffusion trainers; saved and reloaded with the config.
-    config.mask_token_id = _required_token_id(tokenizer, "mask_token")
-
-    with torch.random.fork_rng(devices=[]):
-        model = LlamaForCausalLM(config)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    _init_weights_(model, config.initializer_range, pad_token_id, generator)
-    return model.eval()

@@ -19,22 +19,16 @@ import os
 import torch
 from transformers import GenerationConfig
 from trl import GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from .bounds import spg_bounds, spg_loss
+from .checkpoints import resolve_checkpoint
 from .config import SPGConfig
-from .masking import sample_masks
-from .model_card import spg_model_card, write_model_card
+from .model_card import spg_model_card
 from .modeling import resolve_mask_token_id, unwrap_model
-from .models import load_pretrained_model
+from .objective import SPGObjective
 from .sampler import completion_mask_from_ids, diffusion_generate
-from .scoring import masked_token_logprobs
 from .seeding import make_generator
-
-try:
-    from trl.models.utils import unwrap_model_for_generation
-except ImportError:  # pragma: no cover - moved between TRL minor versions
-    from trl.models import unwrap_model_for_generation
 
 
 class SPGTrainer(GRPOTrainer):
@@ -53,22 +47,69 @@ class SPGTrainer(GRPOTrainer):
         "id": "2510.09541",
     }
 
-    def __init__(self, model, reward_funcs=None, args: SPGConfig | None = None, *pos, **kwargs):
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: SPGConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+    ):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
-            args = SPGConfig(f"{name.rstrip('/').split('/')[-1]}-SPG")
+            args = SPGConfig(f"{str(name).rstrip('/').split('/')[-1]}-SPG")
         if not isinstance(args, SPGConfig):
             raise TypeError(f"SPGTrainer needs an SPGConfig, got {type(args).__name__}.")
-        if isinstance(model, str):
-            model = load_pretrained_model(model, **(args.model_init_kwargs or {}))
-        _attach_generation_config(model)
-        if args.gradient_checkpointing and not getattr(unwrap_model(model), "supports_gradient_checkpointing", True):
+        unsupported = {"tools": tools, "rollout_func": rollout_func, "environment_factory": environment_factory}
+        given = [name for name, value in unsupported.items() if value]
+        if given:
             raise ValueError(
-                f"{type(unwrap_model(model)).__name__} does not support gradient checkpointing; "
-                "pass gradient_checkpointing=False in SPGConfig."
+                f"SPGTrainer does not support {', '.join(given)}: SPG's rollouts are single-turn diffusion decodes "
+                "and its loss scores every completion token, so multi-turn tool calls and custom rollout functions "
+                "(which replace diffusion decoding) cannot be honoured."
             )
-        super().__init__(model, reward_funcs, args, *pos, **kwargs)
+        if isinstance(model, str):
+            # LLaDA / Dream resolve to their converted native folder; TRL then loads it like any model
+            # (model_init_kwargs, quantization_config, dtype, trust_remote_code, device placement).
+            init_kwargs = args.model_init_kwargs or {}
+            model = resolve_checkpoint(
+                model,
+                trust_remote_code=bool(init_kwargs.get("trust_remote_code", args.trust_remote_code)),
+                **{key: init_kwargs[key] for key in ("revision", "token", "cache_dir") if key in init_kwargs},
+            )
+        else:
+            _attach_generation_config(model)
+            if args.gradient_checkpointing and not getattr(
+                unwrap_model(model), "supports_gradient_checkpointing", True
+            ):
+                raise ValueError(
+                    f"{type(unwrap_model(model)).__name__} does not support gradient checkpointing; "
+                    "pass gradient_checkpointing=False in SPGConfig."
+                )
+        super().__init__(
+            model,
+            reward_funcs,
+            args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
         self.mask_token_id = resolve_mask_token_id(unwrap_model(self.model), self._tokenizer, args.mask_token_id)
+        self.objective = SPGObjective.from_config(args)
         self._eval_calls = 0
 
     # ----------------------------------------------------------------------------------------------------------
@@ -134,54 +175,28 @@ class SPGTrainer(GRPOTrainer):
     # Loss
 
     def _compute_loss(self, model, inputs):
-        args = self.args
         mode = "train" if self.model.training else "eval"
-        prompt_mask, completion_mask = inputs["prompt_mask"], inputs["completion_mask"]
-        advantages = inputs["advantages"]
-        if advantages.dim() > 1:  # token-level advantages are constant over a completion for SPG
-            advantages = advantages[:, 0]
-        masks = sample_masks(
-            prompt_mask,
-            completion_mask,
-            num_masks=args.num_mc_masks,
-            strategy=args.masking_strategy,
-            block_length=args.block_length,
-            min_t=args.min_mask_ratio,
-            max_t=args.max_mask_ratio,
-            p_mask_prompt=args.p_mask_prompt,
-            generator=self._generator("masks", "cpu"),
+        output = self.objective.loss(
+            model, inputs, mask_token_id=self.mask_token_id, generator=self._generator("masks", "cpu")
         )
-        token_logps = masked_token_logprobs(
-            model, inputs["prompt_ids"], prompt_mask, inputs["completion_ids"], masks, self.mask_token_id
-        )
-        lengths = completion_mask.sum(-1)
-        bounds = spg_bounds(
-            token_logps,
-            masks.scored,
-            lengths,
-            advantages,
-            negative=args.negative_bound,
-            beta=args.eubo_beta,
-            mix_weight=args.mix_weight,
-        )
-        loss = spg_loss(advantages, bounds["selected"], lengths)
-        self._log_bound_metrics(mode, bounds, advantages, lengths)
-        # TRL scales each micro-batch loss by the accumulation steps itself (`loss_is_scaled_for_ga`).
-        accumulation = getattr(self, "current_gradient_accumulation_steps", args.gradient_accumulation_steps)
-        return loss / (accumulation if mode == "train" else 1.0)
+        self._log_bound_metrics(mode, output)
+        # GRPOTrainer sets `loss_is_scaled_for_ga = True`, so transformers' Trainer returns the loss unchanged: the
+        # division by the accumulation steps happens here, as in GRPO's own `_compute_loss`.
+        accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        return output.loss / (accumulation if mode == "train" else 1.0)
 
-    def _log_bound_metrics(self, mode, bounds, advantages, lengths):
+    def _log_bound_metrics(self, mode, output):
         def mean(values):
             return self.accelerator.gather(values.detach().float()).nanmean().item()
 
-        metrics = self._metrics[mode]
+        bounds, metrics = output.bounds, self._metrics[mode]
         metrics["spg/elbo"].append(mean(bounds["elbo"]))
         if bounds["eubo"] is not None:
             metrics["spg/eubo"].append(mean(bounds["eubo"]))
         metrics["spg/negative_bound"].append(mean(bounds["negative"]))
         metrics["spg/bound_gap"].append(mean(bounds["negative"] - bounds["elbo"]))
-        metrics["spg/negative_fraction"].append(mean((advantages <= 0).float()))
-        metrics["spg/completion_length"].append(mean(lengths.float()))
+        metrics["spg/negative_fraction"].append(mean((output.advantages <= 0).float()))
+        metrics["spg/completion_length"].append(mean(output.lengths.float()))
 
     # ----------------------------------------------------------------------------------------------------------
     # Model card
@@ -191,48 +206,48 @@ class SPGTrainer(GRPOTrainer):
         if not self.is_world_process_zero():
             return
         args = self.args
-        inner = unwrap_model(self.model)
-        is_adapter = hasattr(self.model, "peft_config")
-        # A converted LLaDA/Dream checkpoint remembers its hub id; a local folder means nothing to a reader.
-        base_model = getattr(inner.config, "converted_from", None) or getattr(inner.config, "_name_or_path", None)
+        config = unwrap_model(self.model).config
+        # A converted LLaDA/Dream checkpoint remembers its hub id; a local folder or a model built in code has none.
+        base_model = getattr(config, "converted_from", None) or getattr(config, "_name_or_path", None) or None
         if base_model is not None and os.path.isdir(base_model):
             base_model = None
-        settings = {
-            name: getattr(args, name)
-            for name in (
-                "negative_bound",
-                "eubo_beta",
-                "mix_weight",
-                "masking_strategy",
-                "num_mc_masks",
-                "min_mask_ratio",
-                "max_mask_ratio",
-                "p_mask_prompt",
-                "num_generations",
-                "num_iterations",
-                "learning_rate",
-                "scale_rewards",
-            )
-        }
+        settings = {name: getattr(args, name) for name in _CARD_SETTINGS}
         decoding = {
+            "mask_token_id": self.mask_token_id,
             "gen_length": args.max_completion_length,
             "block_length": args.block_length,
             "steps": args.diffusion_steps,
             "temperature": args.temperature,
             "remasking": args.remasking,
-            "mask_token_id": self.mask_token_id,
         }
-        text = spg_model_card(
+        card = spg_model_card(
             model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
             base_model=base_model,
             hub_model_id=args.hub_model_id,
-            is_adapter=is_adapter,
-            spg_settings=settings,
+            is_adapter=hasattr(self.model, "peft_config"),
+            settings=settings,
             decoding=decoding,
             dataset_name=dataset_name,
-            tags=sorted(set(self._tag_names) | set(tags or [])),
+            tags=[*self._tag_names, *([tags] if isinstance(tags, str) else tags or [])],
         )
-        write_model_card(args.output_dir, text)
+        card.save(os.path.join(args.output_dir, "README.md"))
+
+
+# Training settings listed in the model card.
+_CARD_SETTINGS = (
+    "negative_bound",
+    "eubo_beta",
+    "mix_weight",
+    "masking_strategy",
+    "num_mc_masks",
+    "min_mask_ratio",
+    "max_mask_ratio",
+    "p_mask_prompt",
+    "num_generations",
+    "num_iterations",
+    "learning_rate",
+    "scale_rewards",
+)
 
 
 def _attach_generation_config(model) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from .bounds import token_logprobs
 from .modeling import forward_logits, resolve_mask_token_id
+from .scoring import token_logprobs
 
 __all__ = ["diffusion_sft"]
 

@@ -8,7 +8,7 @@ Dream's against a Qwen2 with bidirectional attention plus the one-position shift
 
 import json
 import math
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +17,13 @@ from tiny_models import char_variety, make_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from trl_spg import SPGTrainer
+from trl_spg.checkpoints import (
+    CONVERSION_MARKER,
+    convert_checkpoint,
+    converted_checkpoint,
+    load_model_and_tokenizer,
+    map_parameter_name,
+)
 from trl_spg.masking import MonteCarloMasks
 from trl_spg.modeling import (
     forward_logits,
@@ -24,14 +31,6 @@ from trl_spg.modeling import (
     position_ids_from_mask,
     resolve_eos_token_ids,
     unwrap_model,
-)
-from trl_spg.models import (
-    CONVERSION_MARKER,
-    convert_checkpoint,
-    converted_checkpoint,
-    load_model_and_tokenizer,
-    load_pretrained_model,
-    map_parameter_name,
 )
 from trl_spg.sampler import diffusion_generate
 from trl_spg.scoring import masked_token_logprobs
@@ -323,11 +322,11 @@ def test_llada_loads_as_bidirectional_llama_matching_llada_math(llada, tokenizer
     assert type(model) is LlamaForCausalLM
     assert model.config.is_causal is False
     assert model.config.mask_token_id == tokenizer.mask_token_id
-    assert model.config.eos_token_id == model.config.pad_token_id == tokenizer.eos_token_id
+    assert model.config.eos_token_id == model.generation_config.pad_token_id == tokenizer.eos_token_id
     assert model.config.num_key_value_heads == KV_HEADS and model.config.rope_parameters["rope_theta"] == 500000.0
     assert logits_shift(model) == 0
     # LLaDA's embedding has no padding row: its pad id is its EOS, which must keep its gradient.
-    assert model.get_input_embeddings().padding_idx is None
+    assert model.config.pad_token_id is None and model.get_input_embeddings().padding_idx is None
 
     params = dict(model.named_parameters())
     assert sum(p.numel() for p in params.values()) == sum(t.numel() for t in weights.values())
@@ -553,7 +552,12 @@ def test_unsupported_checkpoints_raise_clear_errors(tmp_path, tokenizer):
     folder.mkdir()
     config = {"model_type": "lladamoe", "architectures": ["LLaDAMoEModelLM"], "auto_map": {"AutoModel": "x.Y"}}
     (folder / "config.json").write_text(json.dumps(config))
-    for load in (load_model_and_tokenizer, load_pretrained_model, lambda p: convert_checkpoint(p, tmp_path / "o")):
+    loaders = (
+        load_model_and_tokenizer,
+        lambda path: SPGTrainer(path, char_variety, args=make_args(tmp_path)),
+        lambda path: convert_checkpoint(path, tmp_path / "o"),
+    )
+    for load in loaders:
         with pytest.raises(ValueError, match=r"LLaDA.*LLaDAModelLM.*Dream.*DreamModel"):
             load(str(folder))
 
@@ -585,26 +589,32 @@ def test_spg_trainer_trains_from_a_checkpoint_path(fmt, tmp_path, tokenizer, pro
     assert inner.config._attn_implementation == "eager"  # model_init_kwargs are honoured
     assert trainer.mask_token_id == tokenizer.mask_token_id
     assert tokenizer.eos_token_id in trainer.eos_token_ids
+    if fmt == "llada":  # LLaDA pads with its EOS, whose embedding row must keep learning
+        assert inner.get_input_embeddings().padding_idx is None
     before = {name: p.detach().clone() for name, p in inner.named_parameters()}
     trainer.train()
     assert trainer.state.global_step == 2
     assert any(not torch.equal(p, before[name]) for name, p in inner.named_parameters())
 
 
-def test_trainer_loader_passes_model_init_kwargs_and_data_parallel_device_map(tmp_path, tokenizer, monkeypatch):
-    import trl.trainer.utils
-
-    import trl_spg.models
+def test_trainer_hands_string_models_to_trl_loading(tmp_path, tokenizer, monkeypatch):
+    """A LLaDA/Dream path becomes its converted folder; TRL's loader gets quantization and remote-code settings."""
+    import trl.trainer.grpo_trainer
 
     folder = write_dream_checkpoint(tmp_path / "Dream-tiny", tokenizer)[0]
     received = []
 
-    def fake_create(path, **kwargs):
-        received.append(kwargs)
-        return SimpleNamespace(config=SimpleNamespace())
+    class Loaded(Exception):
+        pass
 
-    monkeypatch.setattr(trl.trainer.utils, "create_model_from_path", fake_create)
-    monkeypatch.setattr(trl_spg.models, "_data_parallel", lambda: True)
-    load_pretrained_model(str(folder), dtype="bfloat16", revision="main", quantization_config="q")
-    load_pretrained_model(str(folder), device_map={"": 0})
-    assert received == [{"dtype": "bfloat16", "quantization_config": "q", "device_map": None}, {"device_map": {"": 0}}]
+    def fake_create(path, **kwargs):
+        received.append((path, kwargs))
+        raise Loaded
+
+    monkeypatch.setattr(trl.trainer.grpo_trainer, "create_model_from_path", fake_create)
+    args = make_args(tmp_path, model_init_kwargs={"dtype": "bfloat16"}, trust_remote_code=True)
+    with pytest.raises(Loaded):
+        SPGTrainer(str(folder), char_variety, args=args, quantization_config="nf4-config")
+    ((path, kwargs),) = received
+    assert (Path(path) / CONVERSION_MARKER).is_file()
+    assert kwargs == {"dtype": "bfloat16", "quantization_config": "nf4-config", "trust_remote_code": True}

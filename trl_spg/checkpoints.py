@@ -33,13 +33,11 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import (
-    AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
     LlamaConfig,
@@ -58,13 +56,12 @@ __all__ = [
     "llada_to_llama_config",
     "dream_to_qwen2_config",
     "load_model_and_tokenizer",
-    "load_pretrained_model",
     "map_parameter_name",
     "resolve_checkpoint",
 ]
 
 #: Bumped whenever the converted folders change, so that stale cached conversions are not reused.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2
 #: Written into every converted folder; its presence marks a finished conversion.
 CONVERSION_MARKER = "trl_spg_conversion.json"
 
@@ -203,7 +200,9 @@ def llada_to_llama_config(config: dict) -> LlamaConfig:
         tie_word_embeddings=bool(_value(config, "weight_tying", True)),
         bos_token_id=config.get("bos_token_id"),
         eos_token_id=config.get("eos_token_id"),
-        pad_token_id=config.get("pad_token_id"),
+        # No pad id on the model: Llama would make it the embedding's `padding_idx`, and LLaDA pads with its EOS,
+        # whose embedding must keep learning. The pad id lives in the tokenizer and the generation config.
+        pad_token_id=None,
         dtype=config.get("torch_dtype") or config.get("dtype"),
         use_cache=False,
         is_causal=False,
@@ -376,9 +375,9 @@ def _write_weights(files: list[Path], plan: list[dict[str, str]], folder: Path) 
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _generation_config(source: Path, config: PretrainedConfig) -> GenerationConfig:
-    """BOS / EOS / pad ids from the source's ``generation_config.json`` (if any), else from its config."""
-    ids = {key: getattr(config, key, None) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
+def _generation_config(source: Path, source_config: dict) -> GenerationConfig:
+    """BOS / EOS / pad ids from the source's ``generation_config.json`` (if any), else from its ``config.json``."""
+    ids = {key: source_config.get(key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
     path = source / "generation_config.json"
     if path.is_file():
         saved = _read_json(path)
@@ -454,7 +453,7 @@ def convert_checkpoint(
     try:
         _write_weights(files, plan, staging)
         config.save_pretrained(staging)
-        _generation_config(folder, config).save_pretrained(staging)
+        _generation_config(folder, source_config).save_pretrained(staging)
         _copy_tokenizer_and_extras(folder, staging, fmt)
         marker = {"source": config.converted_from, "format": fmt, "version": CONVERSION_VERSION}
         (staging / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
@@ -516,8 +515,8 @@ def resolve_checkpoint(
     trust_remote_code: bool = False,
     conversion_dir: str | os.PathLike | None = None,
     **hub_kwargs,
-) -> tuple[str, bool]:
-    """What transformers should load for ``name_or_path``, and whether it is a conversion.
+) -> str:
+    """What transformers should load for ``name_or_path``: the path or id handed on to ``from_pretrained``.
 
     LLaDA / Dream checkpoints resolve to their cached native copy (`converted_checkpoint`); checkpoints transformers
     implements natively (a saved converted model included) resolve to themselves; others only with
@@ -529,78 +528,29 @@ def resolve_checkpoint(
     name_or_path = str(name_or_path)
     config = _read_config(name_or_path, **_hub_kwargs(hub_kwargs))
     if checkpoint_format(config) is not None:
-        return str(converted_checkpoint(name_or_path, conversion_dir=conversion_dir, **hub_kwargs)), True
+        return str(converted_checkpoint(name_or_path, conversion_dir=conversion_dir, **hub_kwargs))
     if _is_native(config) or trust_remote_code:
-        return name_or_path, False
+        return name_or_path
     raise _unsupported(config, f"Cannot load {name_or_path}")
 
 
-def _finish(model):
-    """Fix-ups of a loaded model that its config alone cannot express."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(inner.config, "source_format", None) == "llada":
-        embeddings = inner.get_input_embeddings()
-        if embeddings is not None and getattr(embeddings, "padding_idx", None) is not None:
-            # LLaDA's embedding has no padding row: its pad id is its EOS, which must keep receiving gradients.
-            embeddings.padding_idx = None
-    return model
+def load_model_and_tokenizer(name_or_path: str | os.PathLike, *, dtype: str | torch.dtype = "auto", **model_kwargs):
+    """A model and its (left-padding) tokenizer from a hub id or a local folder, for evaluation and inference.
 
-
-def _without(kwargs: dict, keys: Iterable[str]) -> dict:
-    return {key: value for key, value in kwargs.items() if key not in keys}
-
-
-def load_pretrained_model(name_or_path: str | os.PathLike, **model_init_kwargs):
-    """A model from a hub id or local folder, as `SPGTrainer` loads a string ``model``.
-
-    LLaDA / Dream checkpoints are converted (once, cached) and loaded through their native class; everything goes
-    through TRL's ``create_model_from_path`` with ``model_init_kwargs`` (``dtype`` defaulting to float32 as in TRL,
-    ``device_map``, ``quantization_config``, ``attn_implementation``, ...). Under DDP / DeepSpeed ``device_map``
-    defaults to None, as in ``GRPOTrainer``. ``conversion_dir`` overrides the conversion cache.
+    The checkpoint is resolved as `SPGTrainer` resolves a string model (`resolve_checkpoint`), then loaded through
+    TRL's own ``create_model_from_path`` like any model: ``model_kwargs`` (``device_map``, ``quantization_config``,
+    ``attn_implementation``, ``revision``, ``trust_remote_code``, ...) go to ``from_pretrained``;
+    ``conversion_dir`` overrides the conversion cache.
     """
     from trl.trainer.utils import create_model_from_path
 
-    conversion_dir = model_init_kwargs.pop("conversion_dir", None)
-    path, converted = resolve_checkpoint(
-        name_or_path,
-        trust_remote_code=bool(model_init_kwargs.get("trust_remote_code", False)),
-        conversion_dir=conversion_dir,
-        **_hub_kwargs(model_init_kwargs),
-    )
-    if converted:
-        model_init_kwargs = _without(model_init_kwargs, _HUB_KWARGS)
-    if "device_map" not in model_init_kwargs and _data_parallel():
-        # As GRPOTrainer does for string models: every process loads a full replica on its own device
-        # (device_map="auto" would spread each replica over all GPUs; 4-bit loading picks the current device).
-        model_init_kwargs["device_map"] = None
-    return _finish(create_model_from_path(path, **model_init_kwargs))
-
-
-def _data_parallel() -> bool:
-    """Whether this process is one of several data-parallel (DDP / DeepSpeed) workers."""
-    from accelerate import DistributedType, PartialState
-
-    return PartialState().distributed_type in (DistributedType.MULTI_GPU, DistributedType.DEEPSPEED)
-
-
-def load_model_and_tokenizer(name_or_path: str, *, dtype: str | torch.dtype = "auto", **model_kwargs):
-    """A model and its (left-padding) tokenizer from a hub id or a local folder.
-
-    LLaDA / Dream checkpoints load through their converted native copy (see the module docstring); other
-    checkpoints through ``AutoModelForCausalLM``. ``model_kwargs`` go to ``from_pretrained`` (``device_map``,
-    ``quantization_config``, ``attn_implementation``, ``revision``, ...); ``conversion_dir`` overrides the
-    conversion cache.
-    """
     conversion_dir = model_kwargs.pop("conversion_dir", None)
-    path, converted = resolve_checkpoint(
-        name_or_path,
-        trust_remote_code=bool(model_kwargs.get("trust_remote_code", False)),
-        conversion_dir=conversion_dir,
-        **_hub_kwargs(model_kwargs),
-    )
-    if converted:
-        model_kwargs = _without(model_kwargs, _HUB_KWARGS)
-    model = _finish(AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **model_kwargs))
-    tokenizer_kwargs = {key: model_kwargs[key] for key in (*_HUB_KWARGS, "trust_remote_code") if key in model_kwargs}
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", **tokenizer_kwargs)
+    trust_remote_code = bool(model_kwargs.get("trust_remote_code", False))
+    hub = _hub_kwargs(model_kwargs)
+    path = resolve_checkpoint(name_or_path, trust_remote_code=trust_remote_code, conversion_dir=conversion_dir, **hub)
+    if path != str(name_or_path):  # a converted local folder takes no hub arguments
+        model_kwargs = {key: value for key, value in model_kwargs.items() if key not in _HUB_KWARGS}
+        hub = {}
+    model = create_model_from_path(path, dtype=dtype, **model_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code, **hub)
     return model, tokenizer

@@ -17,6 +17,13 @@ def test_paper_defaults():
     assert (config.negative_bound, config.eubo_beta, config.mix_weight) == ("mix", 1.5, 0.5)
     assert (config.masking_strategy, config.num_mc_masks, config.p_mask_prompt) == ("block_random", 2, 0.15)
     assert (config.max_completion_length, config.block_length, config.diffusion_steps) == (256, 32, 128)
+    # Rollouts use the exact sampler unless a fast mode is asked for.
+    assert (config.rollout_decoding, config.rollout_kv_cache, config.rollout_cache_refresh_every) == (
+        "fixed",
+        "none",
+        None,
+    )
+    assert (config.rollout_threshold, config.rollout_min_tokens_per_step) == (0.9, None)
 
 
 @pytest.mark.parametrize(
@@ -45,6 +52,13 @@ def test_paper_defaults():
         ({"delta": 2.0}, "delta"),
         ({"top_p": 0.9}, "top_p"),
         ({"top_k": 5}, "top_k"),
+        ({"rollout_decoding": "parallel"}, "rollout_decoding"),
+        ({"rollout_decoding": "threshold", "rollout_threshold": 0.0}, "rollout_threshold"),
+        ({"rollout_min_tokens_per_step": 1}, "rollout_decoding='threshold' only"),
+        ({"rollout_decoding": "threshold", "rollout_min_tokens_per_step": 0}, "rollout_min_tokens_per_step"),
+        ({"rollout_kv_cache": "full"}, "rollout_kv_cache"),
+        ({"rollout_cache_refresh_every": 4}, "rollout_cache_refresh_every needs"),
+        ({"rollout_kv_cache": "dual", "rollout_cache_refresh_every": 0}, "rollout_cache_refresh_every"),
     ],
 )
 def test_rejections_name_the_fix(overrides, message):

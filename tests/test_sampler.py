@@ -272,3 +272,27 @@ def test_sampled_rollout_tokens_follow_the_tempered_softmax():
     probs = torch.softmax(torch.cat([logits[:7], torch.tensor([-math.inf])]).double() / temperature, -1)
     stderr = (probs * (1 - probs) / draws).sqrt()
     assert ((freq - probs).abs() <= 4.5 * stderr + 1e-12).all()
+
+
+def test_pinned_rollouts_of_a_seeded_tiny_model():
+    """Literal outputs of the exact sampler, recorded before the fast decoding modes were added: the default
+    (fixed schedule, no KV cache) must keep producing these tokens, greedy and sampled."""
+    from trl_spg.tiny import build_char_tokenizer, build_tiny_diffusion_lm
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_diffusion_lm(tokenizer, seed=3)
+    batch = tokenizer(["12+34=", "7*8="], return_tensors="pt", padding=True, add_special_tokens=False)
+    assert batch["input_ids"].tolist() == [[5, 6, 43, 7, 8, 41], [0, 0, 11, 45, 12, 41]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]]
+    options = dict(mask_token_id=tokenizer.mask_token_id, gen_length=8, block_length=4, steps=6)
+    greedy = diffusion_generate(model, batch["input_ids"], batch["attention_mask"], temperature=0.0, **options)
+    sampled = diffusion_generate(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        temperature=0.9,
+        generator=torch.Generator().manual_seed(11),
+        **options,
+    )
+    assert greedy.tolist() == [[29, 29, 29, 29, 42, 42, 29, 29], [29, 29, 29, 29, 29, 29, 29, 29]]
+    assert sampled.tolist() == [[11, 51, 48, 41, 39, 1, 55, 52], [55, 9, 10, 27, 51, 25, 54, 48]]

@@ -539,3 +539,33 @@ def test_rejects_options_that_bypass_diffusion_rollouts(tmp_path, tiny_model, ti
             processing_class=tiny_tokenizer,
             **{option: [len] if option == "tools" else len},
         )
+
+
+def test_fast_rollout_options_reach_the_sampler(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, monkeypatch):
+    import trl_spg.trainer as trainer_module
+
+    calls, sampler = [], trainer_module.diffusion_generate
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return sampler(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "diffusion_generate", recording)
+    args = make_args(
+        tmp_path,
+        max_steps=1,
+        rollout_decoding="threshold",
+        rollout_threshold=0.5,
+        rollout_min_tokens_per_step=1,
+        rollout_kv_cache="dual",
+        rollout_cache_refresh_every=2,
+    )
+    trainer = SPGTrainer(
+        tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    assert calls
+    options = {key: calls[0][key] for key in ("decoding", "threshold", "min_tokens_per_step", "kv_cache")}
+    assert options == {"decoding": "threshold", "threshold": 0.5, "min_tokens_per_step": 1, "kv_cache": "dual"}
+    assert calls[0]["cache_refresh_every"] == 2
+    assert "spg/elbo" in trainer.state.log_history[0]

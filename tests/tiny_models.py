@@ -59,3 +59,36 @@ def make_args(tmp_path, **overrides):
     )
     options.update(overrides)
     return SPGConfig(**options)
+
+
+def tiny_bidirectional_qwen2(vocab_size: int = 16, seed: int = 0, hidden_size: int = 32, layers: int = 2):
+    """A random bidirectional Qwen2 with Dream's logit shift (``logits_shift=1``, as `trl_spg.checkpoints` writes it);
+    the last id is the mask token, predictions sharpened as in `tiny_bidirectional_llama`."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,  # grouped-query attention, as in Dream
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        is_causal=False,
+        use_cache=False,
+    )
+    config.logits_shift, config.mask_token_id = 1, vocab_size - 1
+    with torch.random.fork_rng(devices=[]):
+        model = Qwen2ForCausalLM(config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.02, generator=generator)
+            elif name.endswith("bias"):
+                param.normal_(0.0, 0.02, generator=generator)  # Qwen2 has q/k/v biases
+            else:
+                param.fill_(1.0)
+        model.lm_head.weight.mul_(20.0)
+    return model.eval()

@@ -8,7 +8,7 @@ from trl import GRPOConfig
 
 from .bounds import NEGATIVE_BOUNDS
 from .masking import MASKING_STRATEGIES
-from .sampler import REMASKING_STRATEGIES
+from .sampler import DECODING_MODES, KV_CACHES, REMASKING_STRATEGIES, decoding_option_problems
 
 
 @dataclass
@@ -37,6 +37,24 @@ class SPGConfig(GRPOConfig):
         mask_token_id (`int` or `None`, *optional*, defaults to `None`):
             Id of the `[MASK]` token. `None` takes the tokenizer's mask token, else `model.config.mask_token_id`
             (an error when both exist and differ).
+        rollout_decoding (`str`, *optional*, defaults to `"fixed"`):
+            `"fixed"`: the exact sampler, `diffusion_steps / num_blocks` forwards per block, each revealing a fixed
+            count. `"threshold"`: confidence-threshold parallel decoding (Fast-dLLM): each forward reveals every
+            masked position of the block whose candidate has probability >= `rollout_threshold`, and at least the
+            per-step minimum; a block ends as soon as it is revealed, so rollouts take at most as many forwards as
+            `"fixed"`. Approximate: rollouts are no longer exact draws of the fixed-schedule sampler.
+        rollout_threshold (`float`, *optional*, defaults to `0.9`):
+            Confidence threshold of `"threshold"` decoding, a probability in (0, 1].
+        rollout_min_tokens_per_step (`int` or `None`, *optional*, defaults to `None`):
+            Per-step minimum of `"threshold"` decoding. `None`: the fixed schedule's count for that step (so
+            `diffusion_steps` caps the forwards); an integer (Fast-dLLM uses 1): that many per step.
+        rollout_kv_cache (`str`, *optional*, defaults to `"none"`):
+            Block-wise approximate KV cache of the rollouts (`trl_spg.modeling.BlockKVCache`): `"prefix"` caches the
+            positions before the current block, `"dual"` also those after it; refreshed by a full forward at the
+            start of every block. Needs a transformers model (LLaDA / Dream as loaded by `trl_spg`).
+        rollout_cache_refresh_every (`int` or `None`, *optional*, defaults to `None`):
+            Also refresh the KV cache every this many forwards within a block (`None`: only at block starts; `1`:
+            every forward, i.e. the exact sampler's logits).
 
         > SPG objective
 
@@ -86,6 +104,34 @@ class SPGConfig(GRPOConfig):
         default=None,
         metadata={"help": "Id of the [MASK] token; default: the tokenizer's mask token, else model.config's."},
     )
+    rollout_decoding: str = field(
+        default="fixed",
+        metadata={
+            "help": "Rollout decoding: 'fixed' (exact sampler) or 'threshold' (confidence-threshold parallel decoding).",
+            "choices": list(DECODING_MODES),
+        },
+    )
+    rollout_threshold: float = field(
+        default=0.9,
+        metadata={"help": "Confidence threshold of 'threshold' rollout decoding, a probability in (0, 1]."},
+    )
+    rollout_min_tokens_per_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "Per-step minimum of 'threshold' rollout decoding; default: the fixed schedule's count per step."
+        },
+    )
+    rollout_kv_cache: str = field(
+        default="none",
+        metadata={
+            "help": "Block-wise approximate KV cache of the rollouts: 'none' (exact), 'prefix' or 'dual'.",
+            "choices": list(KV_CACHES),
+        },
+    )
+    rollout_cache_refresh_every: int | None = field(
+        default=None,
+        metadata={"help": "Also refresh the rollout KV cache every this many forwards of a block; default: never."},
+    )
     negative_bound: str = field(
         default="mix",
         metadata={"help": "Bound for samples with non-positive advantage.", "choices": list(NEGATIVE_BOUNDS)},
@@ -123,6 +169,16 @@ class SPGConfig(GRPOConfig):
             problems.append(f"beta={self.beta}: SPG has no KL penalty (the paper uses none); set beta=0.0.")
         if self.remasking not in REMASKING_STRATEGIES:
             problems.append(f"remasking={self.remasking!r}: choose one of {REMASKING_STRATEGIES}.")
+        problems.extend(
+            decoding_option_problems(
+                self.rollout_decoding,
+                self.rollout_threshold,
+                self.rollout_min_tokens_per_step,
+                self.rollout_kv_cache,
+                self.rollout_cache_refresh_every,
+                prefix="rollout_",
+            )
+        )
         if self.negative_bound not in NEGATIVE_BOUNDS:
             problems.append(f"negative_bound={self.negative_bound!r}: choose one of {NEGATIVE_BOUNDS}.")
         if self.masking_strategy not in MASKING_STRATEGIES:

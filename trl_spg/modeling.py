@@ -10,6 +10,8 @@ What differs between model families is resolved here and nowhere else:
 * the logit shift (`logits_shift`): LLaDA predicts token ``i`` at position ``i``; Dream predicts it at position
   ``i - 1`` (and a row's first token at its own position). `forward_logits` always returns logits aligned with
   the tokens they predict, so the sampler and the SPG estimator never see the shift;
+* which positions a block-wise KV cache must recompute (`BlockKVCache`: the block, and for Dream the position
+  before it);
 * the mask token id (`resolve_mask_token_id`) and the EOS ids (`resolve_eos_token_ids`).
 """
 
@@ -76,6 +78,40 @@ def shifted_source_positions(targets: torch.Tensor, position_ids: torch.Tensor, 
     return targets - position_ids[:, targets].clamp(max=shift)
 
 
+def _logit_request(
+    keep: torch.Tensor | None, position_ids: torch.Tensor, shift: int, width: int, offset: int = 0
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Which positions to ask the model for, and how to gather them into ``keep``'s order.
+
+    Returns ``(request, index)``: ``request`` (1-D, relative to ``offset``, the first position fed to the model;
+    None: all of them) and ``index`` (B, len(keep), or None when the model's output is already in order), for a
+    canvas of ``width`` positions whose position ids are ``position_ids``.
+    """
+    if not shift:
+        return (keep - offset if keep is not None else None), None
+    targets = keep if keep is not None else torch.arange(width, device=position_ids.device)
+    sources = shifted_source_positions(targets.to(position_ids.device), position_ids, shift)
+    request, index = torch.unique(sources, return_inverse=True)
+    identity = torch.arange(len(targets), device=index.device).expand_as(index)
+    if len(request) == len(targets) and torch.equal(index, identity):
+        index = None  # the usual case: every row reads the same, increasing sources
+    return request - offset, index
+
+
+def _call_for_logits(model, kwargs: dict, request: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor:
+    """Call the model with ``kwargs`` and return the logits at ``request``, gathered by ``index``."""
+    sliced_by_model = request is not None and accepts_argument(model, "logits_to_keep")
+    if sliced_by_model:
+        kwargs["logits_to_keep"] = request
+    output = model(**kwargs)
+    logits = output.logits if hasattr(output, "logits") else output
+    if request is not None and not sliced_by_model:
+        logits = logits[:, request]
+    if index is not None:
+        logits = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+    return logits
+
+
 def forward_logits(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -91,27 +127,110 @@ def forward_logits(
         kwargs["position_ids"] = position_ids
     if accepts_argument(model, "use_cache"):
         kwargs["use_cache"] = False  # every call sees a new canvas: a KV cache would only cost memory
+    request, index = _logit_request(keep, position_ids, logits_shift(model), input_ids.shape[1])
+    return _call_for_logits(model, kwargs, request, index)
 
-    shift = logits_shift(model)
-    request, index = keep, None  # positions asked from the model; per-row gather into them (None: as returned)
-    if shift:
-        targets = keep if keep is not None else torch.arange(input_ids.shape[1], device=input_ids.device)
-        sources = shifted_source_positions(targets.to(input_ids.device), position_ids, shift)
-        request, index = torch.unique(sources, return_inverse=True)
-        identity = torch.arange(len(targets), device=index.device).expand_as(index)
-        if len(request) == len(targets) and torch.equal(index, identity):
-            index = None  # the usual case: every row reads the same, increasing sources
 
-    sliced_by_model = request is not None and accepts_argument(model, "logits_to_keep")
-    if sliced_by_model:
-        kwargs["logits_to_keep"] = request
-    output = model(**kwargs)
-    logits = output.logits if hasattr(output, "logits") else output
-    if request is not None and not sliced_by_model:
-        logits = logits[:, request]
-    if index is not None:
-        logits = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-    return logits
+#: Block-wise KV cache modes of `BlockKVCache` (Fast-dLLM's prefix and dual caches).
+KV_CACHE_MODES = ("prefix", "dual")
+
+
+class BlockKVCache:
+    """Block-wise approximate KV cache of a diffusion canvas (Fast-dLLM's prefix and dual caches).
+
+    With bidirectional attention the keys and values of every position depend on the whole canvas, masked positions
+    included, so no cache is exact: `refresh` runs the full forward (exact logits, as `forward_logits`) and keeps the
+    keys and values of every layer; until the next refresh, `logits` feeds the model only a query window and reads
+    the keys and values of all other positions from the refresh, however much the canvas has changed since:
+
+    * ``"prefix"``: the window is the current block and everything after it; the positions before it are cached;
+    * ``"dual"``: the window is the current block only; the positions before and after it are cached (the later
+      blocks' keys and values are those of their masks at the refresh).
+
+    Model families: the window starts at the lowest position whose hidden state produces a logit of the block, so for
+    a shifted model (Dream, `logits_shift` 1) it includes the position before the block. Left padding: position ids
+    come from the full canvas's padding mask, and the 2-D attention mask given to the model covers the cached
+    positions (pads, and the stale copies of the window's positions, masked out) followed by the window. The model
+    must take ``position_ids`` and ``cache`` (or ``past_key_values``) and fill a transformers `DynamicCache` with
+    full-attention layers only, as transformers' Llama (LLaDA) and Qwen2 (Dream) classes do.
+    """
+
+    def __init__(self, model, mode: str):
+        if mode not in KV_CACHE_MODES:
+            raise ValueError(f"Unknown KV cache mode {mode!r}; choose one of {KV_CACHE_MODES}.")
+        self.cache_argument = next((n for n in ("cache", "past_key_values") if accepts_argument(model, n)), None)
+        if self.cache_argument is None or not accepts_argument(model, "position_ids"):
+            raise ValueError(
+                f"kv_cache={mode!r} needs a transformers model whose forward takes `position_ids` and a KV cache "
+                f"(`cache` / `past_key_values`); {type(unwrap_model(model)).__name__} does not."
+            )
+        config = unwrap_model(model).config
+        layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+        if layer_types != {"full_attention"}:
+            raise ValueError(f"kv_cache={mode!r} supports full-attention layers only, not {sorted(layer_types)}.")
+        self.model, self.mode, self.config = model, mode, config
+        self.shift = logits_shift(model)
+        self.cache = None
+
+    def _window(self, keep: torch.Tensor, position_ids: torch.Tensor, width: int) -> tuple[int, int]:
+        sources = shifted_source_positions(keep.to(position_ids.device), position_ids, self.shift)
+        low = int(sources.min())
+        return low, (int(keep.max()) + 1 if self.mode == "dual" else width)
+
+    def refresh(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The full forward's logits at ``keep`` (as `forward_logits`); keeps the keys and values for `logits`."""
+        from transformers import DynamicCache
+
+        width = input_ids.shape[1]
+        position_ids = position_ids_from_mask(attention_mask)
+        cache = DynamicCache(config=self.config)
+        kwargs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": True,
+            self.cache_argument: cache,
+        }
+        request, index = _logit_request(keep, position_ids, self.shift, width)
+        logits = _call_for_logits(self.model, kwargs, request, index)
+        if cache.get_seq_length() != width:
+            raise RuntimeError(
+                "The model did not fill the KV cache (gradient checkpointing in training mode with gradients enabled "
+                "drops it); decode under torch.no_grad() or without a cache."
+            )
+        low, high = self._window(keep, position_ids, width)
+        self.cached = low if self.mode == "prefix" else width  # positions [0, cached) stay in the cache
+        if self.cached < width:
+            cache.crop(self.cached - width)
+        past_mask = attention_mask[:, : self.cached].clone()
+        past_mask[:, low:high] = 0  # stale keys/values of the window's positions (dual): the fresh ones are appended
+        self.cache, self.window, self.keep = cache, (low, high), keep
+        self.mask = torch.cat([past_mask, attention_mask[:, low:high]], dim=1)
+        self.position_ids = position_ids[:, low:high]
+        self.request, self.index = _logit_request(keep, position_ids, self.shift, width, offset=low)
+        return logits
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Logits at ``keep`` from a forward of the query window only; every other position comes from the cache.
+
+        ``keep`` and the padding mask must be those of the last `refresh` (same block, same canvas layout).
+        """
+        if self.cache is None or not torch.equal(keep, self.keep):
+            raise RuntimeError("BlockKVCache.logits needs a refresh for these positions first.")
+        low, high = self.window
+        kwargs = {
+            "input_ids": input_ids[:, low:high],
+            "attention_mask": self.mask,
+            "position_ids": self.position_ids,
+            "use_cache": True,
+            self.cache_argument: self.cache,
+        }
+        logits = _call_for_logits(self.model, kwargs, self.request, self.index)
+        added = self.cache.get_seq_length() - self.cached
+        if added != high - low:
+            raise RuntimeError(f"The KV cache grew by {added} positions instead of {high - low}.")
+        self.cache.crop(-added)
+        return logits
 
 
 def resolve_mask_token_id(model: torch.nn.Module, tokenizer, mask_token_id: int | None = None) -> int:

@@ -10,15 +10,44 @@ Cost. Every row reveals the same number of tokens per step, so after ``s`` revea
 ``block_length - s`` masked positions: the sampler gathers the logits of just those positions (no host sync) and
 does all vocabulary-wide work (candidate draw, confidence) on them only. The candidate draw is an inverse-CDF
 lookup with one float64 uniform per position instead of a float64 Gumbel variate per vocabulary entry.
+
+Fast modes (opt-in; Fast-dLLM, arXiv 2505.22618). They do less work per rollout and are approximations: the
+defaults above stay the exact sampler.
+
+* Threshold decoding (``decoding="threshold"``) is parallel decoding with a confidence threshold. At every forward,
+  each row reveals every masked position of the block whose candidate has probability ``>= threshold`` under the
+  model (``T = 1``, the [MASK] logit excluded). It also reveals at least a per-step minimum of its most confident
+  (or, with ``remasking="random"``, random) positions. A block ends when every row has revealed it; rows that finish
+  earlier stop changing while the others continue, and the batch runs as many forwards as its slowest row.
+  "Steps" here means forwards. By default the minimum at the ``i``-th forward of a block is the fixed schedule's
+  count for step ``i``, so a block never takes more than ``steps / num_blocks`` forwards. With that default and a
+  threshold no confidence reaches, decoding is exactly the fixed schedule.
+  ``min_tokens_per_step=m`` replaces the minimum with ``m`` (Fast-dLLM uses 1); ``steps`` then only has to be
+  valid.
+* Block-wise KV cache (``kv_cache="prefix"`` / ``"dual"``, `trl_spg.modeling.BlockKVCache`). The first forward of
+  every block is a full forward that also keeps every layer's keys and values. The block's later forwards run the
+  model on the block only (``dual``: the positions before and after it come from the cache) or on the block and
+  everything after it (``prefix``: the positions before it come from the cache). With bidirectional attention the
+  cached keys and values go stale as soon as any token is revealed, so this is an approximation refreshed at block
+  boundaries (and every ``cache_refresh_every`` forwards, if set). Refreshing at every forward gives the exact
+  sampler's logits, hence its tokens.
+
+Both combine. Randomness comes only from the ``generator`` argument.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .modeling import forward_logits
+from .modeling import KV_CACHE_MODES, BlockKVCache, forward_logits
 
 REMASKING_STRATEGIES = ("low_confidence", "random")
+#: How many masked positions a step reveals: the fixed schedule (exact sampler) or confidence-threshold decoding.
+DECODING_MODES = ("fixed", "threshold")
+#: Block-wise KV cache of the fast modes (``"none"``: the exact full forward at every step).
+KV_CACHES = ("none", *KV_CACHE_MODES)
 
 
 def reveal_schedule(num_masked: int, steps: int) -> list[int]:
@@ -89,6 +118,19 @@ def top_k_positions(score: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor
     return eligible & (ranks < (k.unsqueeze(-1) if k.dim() else k))
 
 
+def _block_logits(model, cache, canvas, attention_mask, positions, step, refresh_every):
+    """Logits of the block's positions at the block's ``step``-th forward: exact, or from the block-wise KV cache.
+
+    The cache is refreshed (a full forward, exact logits) at the block's first forward and then every
+    ``refresh_every`` forwards (None: never again within the block).
+    """
+    if cache is None:
+        return forward_logits(model, canvas, attention_mask, keep=positions)
+    if step == 0 or (refresh_every is not None and step % refresh_every == 0):
+        return cache.refresh(canvas, attention_mask, positions)
+    return cache.logits(canvas, attention_mask, positions)
+
+
 @torch.no_grad()
 def diffusion_generate(
     model,
@@ -102,11 +144,30 @@ def diffusion_generate(
     temperature: float = 0.0,
     remasking: str = "low_confidence",
     generator: torch.Generator | None = None,
+    decoding: str = "fixed",
+    threshold: float = 0.9,
+    min_tokens_per_step: int | None = None,
+    kv_cache: str = "none",
+    cache_refresh_every: int | None = None,
 ) -> torch.Tensor:
     """Generate ``gen_length`` tokens after each left-padded prompt; returns the completion ids (B, gen_length).
 
     ``steps`` is the total number of denoising steps; it must be a multiple of ``gen_length / block_length``.
     Pads (``prompt_mask == 0``) are never attended. The caller cuts completions at their first EOS.
+
+    The defaults (``decoding="fixed"``, ``kv_cache="none"``) are the exact sampler: ``steps / num_blocks`` forwards
+    per block, each revealing `reveal_schedule`'s count. The fast modes are opt-in (see the module docstring):
+
+    * ``decoding="threshold"``: at each forward, every row reveals each masked position of the block whose
+      candidate has probability ``>= threshold`` under the model, and at least the per-step minimum (the exact
+      schedule's count for that step, or ``min_tokens_per_step`` when given) of its most confident / random ones
+      (``remasking``); a block ends when all its rows are revealed, so the exact schedule caps a block at
+      ``steps / num_blocks`` forwards;
+    * ``kv_cache="prefix"`` / ``"dual"``: an approximate block-wise KV cache (`trl_spg.modeling.BlockKVCache`),
+      refreshed by a full forward at the first forward of every block and then every ``cache_refresh_every``
+      forwards of the block (None: once per block; 1: every forward, which is the exact sampler).
+
+    Randomness comes only from ``generator``.
     """
     if gen_length % block_length:
         raise ValueError(f"block_length ({block_length}) must divide gen_length ({gen_length}).")
@@ -115,6 +176,9 @@ def diffusion_generate(
         raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks}).")
     if remasking not in REMASKING_STRATEGIES:
         raise ValueError(f"Unknown remasking {remasking!r}; choose one of {REMASKING_STRATEGIES}.")
+    problems = decoding_option_problems(decoding, threshold, min_tokens_per_step, kv_cache, cache_refresh_every)
+    if problems:
+        raise ValueError(" ".join(problems))
 
     batch, prompt_width = prompt_ids.shape
     device = prompt_ids.device
@@ -122,15 +186,25 @@ def diffusion_generate(
     attention_mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones((batch, gen_length)).long()], dim=1)
     schedule = reveal_schedule(block_length, steps // num_blocks)
     row_offsets = torch.arange(batch, device=device).unsqueeze(-1) * block_length
+    cache = BlockKVCache(model, kv_cache) if kv_cache != "none" else None
 
     for block in range(num_blocks):
         start = prompt_width + block * block_length
         positions = torch.arange(start, start + block_length, device=device)
+        if decoding == "threshold":
+            _decode_block_by_threshold(
+                model, cache, canvas, attention_mask, positions, schedule, row_offsets,
+                mask_token_id=mask_token_id, temperature=temperature, remasking=remasking, generator=generator,
+                threshold=threshold, min_tokens_per_step=min_tokens_per_step, refresh_every=cache_refresh_every,
+            )  # fmt: skip
+            continue
         remaining = block_length  # masked positions of the block, the same in every row
+        step = 0
         for k in schedule:
             if k == 0:
                 continue
-            logits = forward_logits(model, canvas, attention_mask, keep=positions)
+            logits = _block_logits(model, cache, canvas, attention_mask, positions, step, cache_refresh_every)
+            step += 1
             current = canvas[:, start : start + block_length]
             still_masked = current == mask_token_id
             # The `remaining` masked positions of each row, in position order (masked sort first, stably).
@@ -152,6 +226,95 @@ def diffusion_generate(
             canvas[:, start : start + block_length] = current.scatter(1, masked_at, revealed)
             remaining -= k
     return canvas[:, prompt_width:]
+
+
+def _decode_block_by_threshold(
+    model,
+    cache,
+    canvas,
+    attention_mask,
+    positions,
+    schedule,
+    row_offsets,
+    *,
+    mask_token_id,
+    temperature,
+    remasking,
+    generator,
+    threshold,
+    min_tokens_per_step,
+    refresh_every,
+):
+    """Decode one block in place with confidence-threshold parallel decoding (see `diffusion_generate`).
+
+    Rows reveal different numbers of tokens per forward, so each row has its own count of masked positions: the
+    vocabulary-wide work runs on ``width`` slots per row (the largest count), and slots past a row's count are
+    ignored. A row whose block is complete reveals nothing more while the others continue; the batch runs as many
+    forwards as its slowest row. When every row reveals exactly the minimum, the slots, the generator draws and the
+    revealed positions are those of the fixed schedule, so a threshold that no confidence reaches (with the default
+    minimum) reproduces the exact sampler.
+    """
+    batch, block_length = row_offsets.shape[0], positions.numel()
+    start = int(positions[0])
+    log_threshold = math.log(threshold)
+    for step in range(block_length):  # at least one reveal per row and forward: the block ends within block_length
+        current = canvas[:, start : start + block_length]
+        still_masked = current == mask_token_id
+        counts = still_masked.sum(-1)
+        width = int(counts.max())
+        if width == 0:
+            return
+        minimum = min_tokens_per_step if min_tokens_per_step is not None else max(schedule[step], 1)
+        logits = _block_logits(model, cache, canvas, attention_mask, positions, step, refresh_every)
+        masked_at = (~still_masked).to(torch.uint8).argsort(dim=-1, stable=True)[:, :width]
+        valid = still_masked.gather(1, masked_at)
+        vocab = logits.shape[-1]
+        rows = (masked_at + row_offsets).flatten()
+        masked_logits = logits.reshape(-1, vocab).index_select(0, rows).view(batch, width, vocab)
+        del logits
+        masked_logits[..., mask_token_id] = float("-inf")
+        candidates = sample_tokens(masked_logits, temperature, generator)
+        confidence = reveal_confidence(masked_logits, candidates, "low_confidence")
+        if remasking == "low_confidence":
+            order = confidence
+        else:  # the minimum is drawn at random; the threshold still applies to the model's confidence
+            order = reveal_confidence(current, current, remasking, generator).gather(1, masked_at)
+        del masked_logits
+        reveal = top_k_positions(order, valid, counts.clamp(max=minimum)) | (valid & (confidence >= log_threshold))
+        revealed = torch.where(reveal, candidates, current.gather(1, masked_at))
+        canvas[:, start : start + block_length] = current.scatter(1, masked_at, revealed)
+
+
+def decoding_option_problems(
+    decoding: str,
+    threshold: float,
+    min_tokens_per_step: int | None,
+    kv_cache: str,
+    cache_refresh_every: int | None,
+    prefix: str = "",
+) -> list[str]:
+    """What is wrong with the fast-decoding options of `diffusion_generate` (empty when they are valid).
+
+    ``prefix`` is put before every option name in the messages (``"rollout_"`` for `SPGConfig`'s fields).
+    """
+    problems = []
+    if decoding not in DECODING_MODES:
+        problems.append(f"{prefix}decoding={decoding!r}: choose one of {DECODING_MODES}.")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        problems.append(f"{prefix}threshold={threshold!r}: a probability in (0, 1].")
+    if min_tokens_per_step is not None:
+        if decoding != "threshold":
+            problems.append(f"{prefix}min_tokens_per_step applies to {prefix}decoding='threshold' only.")
+        elif min_tokens_per_step < 1:
+            problems.append(f"{prefix}min_tokens_per_step={min_tokens_per_step}: at least 1 (or None).")
+    if kv_cache not in KV_CACHES:
+        problems.append(f"{prefix}kv_cache={kv_cache!r}: choose one of {KV_CACHES}.")
+    if cache_refresh_every is not None:
+        if kv_cache == "none":
+            problems.append(f"{prefix}cache_refresh_every needs {prefix}kv_cache 'prefix' or 'dual'.")
+        elif cache_refresh_every < 1:
+            problems.append(f"{prefix}cache_refresh_every={cache_refresh_every}: at least 1 (or None).")
+    return problems
 
 
 def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_ids: int | list[int]) -> torch.Tensor:

@@ -162,6 +162,11 @@ class SPGTrainer(GRPOTrainer):
                 temperature=self.args.temperature,
                 remasking=self.args.remasking,
                 generator=generator,
+                decoding=self.args.rollout_decoding,
+                threshold=self.args.rollout_threshold,
+                min_tokens_per_step=self.args.rollout_min_tokens_per_step,
+                kv_cache=self.args.rollout_kv_cache,
+                cache_refresh_every=self.args.rollout_cache_refresh_every,
             )
         keep = completion_mask_from_ids(completion_ids, self.eos_token_ids).bool()
         return [ids[row].tolist() for ids, row in zip(completion_ids.cpu(), keep.cpu())], None

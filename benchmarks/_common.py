@@ -53,6 +53,22 @@ PRESETS = {
         device="cuda",
         dtype="bfloat16",
     ),
+    # LLaDA-8B's shape (hidden 4096, 32 layers, 32 heads, MLP 12288, LLaDA's vocabulary) with random weights, built
+    # on the GPU in bf16 (about 16 GB), at the decoding settings.
+    "llada8b": dict(
+        vocab=126464,
+        hidden=4096,
+        layers=32,
+        heads=32,
+        intermediate=12288,
+        batch=6,
+        prompt=200,
+        gen=256,
+        block=32,
+        steps=128,
+        device="cuda",
+        dtype="bfloat16",
+    ),
 }
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}

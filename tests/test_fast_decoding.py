@@ -123,7 +123,12 @@ def test_batch_decodes_each_row_as_alone_padded_or_not(options, family):
     """
     model = MODELS[family](vocab_size=24, seed=1).double()
     ids, mask = _prompts(24, seed=1)
+    fed = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     batch = _run(model, ids, mask, **options)
+    handle.remove()
     forwards, (_, widths) = [], counting(model)
     for row in range(4):
         real = ids[row, mask[row].bool()].unsqueeze(0)
@@ -135,8 +140,9 @@ def test_batch_decodes_each_row_as_alone_padded_or_not(options, family):
         assert torch.equal(batch[row], alone[0]), row
         assert torch.equal(_run(model, padded, padded_mask, **options)[0], alone[0]), row
     if options.get("decoding") == "threshold":
-        # Rows finish blocks at different forwards here, so the batch really has rows idling while others decode.
+        # Rows finish blocks at different forwards here; finished rows are no longer fed to the model.
         assert len(set(forwards)) > 1, forwards
+        assert min(fed) < len(ids) and len(fed) >= max(forwards)
 
 
 @pytest.mark.parametrize("min_tokens_per_step", [None, 1, 3])
@@ -157,21 +163,36 @@ def test_threshold_reveals_the_minimum_and_every_confident_position(min_tokens_p
     )
     handle.remove()
     schedule = reveal_schedule(8, 4)
-    canvases = [canvas for canvas, _ in calls] + [torch.cat([ids, final], 1)]
+    final_canvas = torch.cat([ids, final], 1)
+
+    def batch_rows(inputs):  # which batch rows a forward was fed (prompts are distinct)
+        return [next(r for r in range(len(ids)) if torch.equal(inputs[j, :6], ids[r])) for j in range(len(inputs))]
+
+    fed_rows = [batch_rows(inputs) for inputs, _ in calls]
+
+    def state_after(index, row):  # a row's canvas when it is next fed to the model (or at the end)
+        for inputs, rows in zip([c for c, _ in calls[index + 1 :]], fed_rows[index + 1 :]):
+            if row in rows:
+                return inputs[rows.index(row)]
+        return final_canvas[row]
+
     forwards_per_block = [0, 0]
-    for (before, logits), after in zip(calls, canvases[1:]):
+    for index, (before, logits) in enumerate(calls):
+        after = torch.stack([state_after(index, row) for row in fed_rows[index]])
         gen_before, gen_after = before[:, 6:], after[:, 6:]
         block = int((gen_before == mask_id).any(0).nonzero()[0]) // 8
         step = forwards_per_block[block]
         forwards_per_block[block] += 1
         block_before = gen_before[:, 8 * block : 8 * block + 8]
         masked = block_before == mask_id
+        # Only rows still decoding the block are fed to the model.
+        assert masked.any(-1).all()
         revealed = (gen_before == mask_id) & (gen_after != mask_id)
         # Reveals only in the current block; revealed tokens never change.
         assert not revealed[:, : 8 * block].any() and not revealed[:, 8 * block + 8 :].any()
         kept = gen_before != mask_id
         assert torch.equal(gen_before[kept], gen_after[kept])
-        # At least the minimum per row (all that is left when fewer remain), finished rows untouched.
+        # At least the minimum per row (all that is left when fewer remain).
         minimum = min_tokens_per_step if min_tokens_per_step is not None else schedule[step]
         assert (revealed.sum(-1) >= masked.sum(-1).clamp(max=minimum)).all()
         # Every masked position whose greedy candidate reaches the threshold is revealed, with that candidate.
@@ -235,3 +256,15 @@ def test_kv_cache_needs_a_transformers_model():
     model = ConstantLogits(torch.zeros(16))
     with pytest.raises(ValueError, match="position_ids"):
         diffusion_generate(model, ids, mask, mask_token_id=15, gen_length=8, block_length=4, steps=4, kv_cache="dual")
+
+
+def test_kv_cache_through_a_peft_model():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_bidirectional_llama(vocab_size=16, seed=0),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    ids, mask = _prompts(16)
+    exact = _run(model, ids, mask, mask_token_id=15)
+    assert torch.equal(_run(model, ids, mask, mask_token_id=15, kv_cache="dual", cache_refresh_every=1), exact)

@@ -177,10 +177,21 @@ class BlockKVCache:
         low = int(sources.min())
         return low, (int(keep.max()) + 1 if self.mode == "dual" else width)
 
-    def refresh(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """The full forward's logits at ``keep`` (as `forward_logits`); keeps the keys and values for `logits`."""
+    def refresh(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        keep: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The full forward's logits at ``keep`` (as `forward_logits`); keeps the keys and values for `logits`.
+
+        ``rows`` (1-D batch indices, increasing) restricts the forward, and the cache, to those rows of the canvas.
+        """
         from transformers import DynamicCache
 
+        if rows is not None:
+            input_ids, attention_mask = input_ids[rows], attention_mask[rows]
         width = input_ids.shape[1]
         position_ids = position_ids_from_mask(attention_mask)
         cache = DynamicCache(config=self.config)
@@ -205,21 +216,44 @@ class BlockKVCache:
         past_mask = attention_mask[:, : self.cached].clone()
         past_mask[:, low:high] = 0  # stale keys/values of the window's positions (dual): the fresh ones are appended
         self.cache, self.window, self.keep = cache, (low, high), keep
+        self.rows = rows if rows is not None else torch.arange(input_ids.shape[0], device=input_ids.device)
         self.mask = torch.cat([past_mask, attention_mask[:, low:high]], dim=1)
         self.position_ids = position_ids[:, low:high]
         self.request, self.index = _logit_request(keep, position_ids, self.shift, width, offset=low)
         return logits
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def _select_rows(self, rows: torch.Tensor) -> None:
+        """Drop the cached rows not in ``rows`` (a subset of the cached rows: rows only leave between refreshes)."""
+        if len(rows) == len(self.rows):
+            return
+        within = torch.searchsorted(self.rows, rows)
+        if not torch.equal(self.rows[within.clamp(max=len(self.rows) - 1)], rows):
+            raise RuntimeError("BlockKVCache rows can only shrink between refreshes.")
+        self.cache.batch_select_indices(within)
+        self.mask, self.position_ids, self.rows = self.mask[within], self.position_ids[within], rows
+        if self.index is not None:
+            self.index = self.index[within]
+
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        keep: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits at ``keep`` from a forward of the query window only; every other position comes from the cache.
 
         ``keep`` and the padding mask must be those of the last `refresh` (same block, same canvas layout).
+        ``rows`` (1-D batch indices, increasing; None: the rows of the last refresh) computes only those rows; rows
+        left out are dropped from the cache until the next refresh.
         """
         if self.cache is None or not torch.equal(keep, self.keep):
             raise RuntimeError("BlockKVCache.logits needs a refresh for these positions first.")
+        if rows is not None:
+            self._select_rows(rows)
         low, high = self.window
         kwargs = {
-            "input_ids": input_ids[:, low:high],
+            "input_ids": input_ids[self.rows, low:high] if rows is not None else input_ids[:, low:high],
             "attention_mask": self.mask,
             "position_ids": self.position_ids,
             "use_cache": True,

@@ -118,17 +118,20 @@ def top_k_positions(score: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor
     return eligible & (ranks < (k.unsqueeze(-1) if k.dim() else k))
 
 
-def _block_logits(model, cache, canvas, attention_mask, positions, step, refresh_every):
+def _block_logits(model, cache, canvas, attention_mask, positions, step, refresh_every, rows=None):
     """Logits of the block's positions at the block's ``step``-th forward: exact, or from the block-wise KV cache.
 
     The cache is refreshed (a full forward, exact logits) at the block's first forward and then every
-    ``refresh_every`` forwards (None: never again within the block).
+    ``refresh_every`` forwards (None: never again within the block). ``rows`` (batch indices) restricts the forward
+    to those rows of the canvas.
     """
     if cache is None:
+        if rows is not None:
+            canvas, attention_mask = canvas[rows], attention_mask[rows]
         return forward_logits(model, canvas, attention_mask, keep=positions)
     if step == 0 or (refresh_every is not None and step % refresh_every == 0):
-        return cache.refresh(canvas, attention_mask, positions)
-    return cache.logits(canvas, attention_mask, positions)
+        return cache.refresh(canvas, attention_mask, positions, rows)
+    return cache.logits(canvas, attention_mask, positions, rows)
 
 
 @torch.no_grad()
@@ -249,28 +252,38 @@ def _decode_block_by_threshold(
 
     Rows reveal different numbers of tokens per forward, so each row has its own count of masked positions: the
     vocabulary-wide work runs on ``width`` slots per row (the largest count), and slots past a row's count are
-    ignored. A row whose block is complete reveals nothing more while the others continue; the batch runs as many
-    forwards as its slowest row. When every row reveals exactly the minimum, the slots, the generator draws and the
-    revealed positions are those of the fixed schedule, so a threshold that no confidence reaches (with the default
-    minimum) reproduces the exact sampler.
+    ignored. A row whose block is complete stops changing and is no longer fed to the model (nor kept in the KV
+    cache) while the others continue; the batch runs as many forwards as its slowest row. When every row reveals
+    exactly the minimum, all rows stay active and the slots, the generator draws and the revealed positions are those
+    of the fixed schedule, so a threshold that no confidence reaches (with the default minimum) reproduces the exact
+    sampler.
     """
-    batch, block_length = row_offsets.shape[0], positions.numel()
+    block_length = positions.numel()
     start = int(positions[0])
     log_threshold = math.log(threshold)
+    all_rows = torch.arange(canvas.shape[0], device=canvas.device)
     for step in range(block_length):  # at least one reveal per row and forward: the block ends within block_length
-        current = canvas[:, start : start + block_length]
-        still_masked = current == mask_token_id
-        counts = still_masked.sum(-1)
-        width = int(counts.max())
-        if width == 0:
+        counts = (canvas[:, start : start + block_length] == mask_token_id).sum(-1)
+        active = counts > 0
+        num_active = int(active.sum())
+        if num_active == 0:
             return
+        # Only the rows still decoding this block are fed to the model (all of them while none has finished).
+        rows = all_rows if num_active == len(all_rows) else all_rows[active]
+        logits = _block_logits(
+            model, cache, canvas, attention_mask, positions, step, refresh_every,
+            rows=None if rows is all_rows else rows,
+        )  # fmt: skip
+        current = canvas[rows, start : start + block_length]
+        still_masked = current == mask_token_id
+        counts = counts[rows]
+        width = int(counts.max())
         minimum = min_tokens_per_step if min_tokens_per_step is not None else max(schedule[step], 1)
-        logits = _block_logits(model, cache, canvas, attention_mask, positions, step, refresh_every)
         masked_at = (~still_masked).to(torch.uint8).argsort(dim=-1, stable=True)[:, :width]
         valid = still_masked.gather(1, masked_at)
         vocab = logits.shape[-1]
-        rows = (masked_at + row_offsets).flatten()
-        masked_logits = logits.reshape(-1, vocab).index_select(0, rows).view(batch, width, vocab)
+        flat = (masked_at + row_offsets[: len(rows)]).flatten()
+        masked_logits = logits.reshape(-1, vocab).index_select(0, flat).view(len(rows), width, vocab)
         del logits
         masked_logits[..., mask_token_id] = float("-inf")
         candidates = sample_tokens(masked_logits, temperature, generator)
@@ -282,7 +295,7 @@ def _decode_block_by_threshold(
         del masked_logits
         reveal = top_k_positions(order, valid, counts.clamp(max=minimum)) | (valid & (confidence >= log_threshold))
         revealed = torch.where(reveal, candidates, current.gather(1, masked_at))
-        canvas[:, start : start + block_length] = current.scatter(1, masked_at, revealed)
+        canvas[rows, start : start + block_length] = current.scatter(1, masked_at, revealed)
 
 
 def decoding_option_problems(

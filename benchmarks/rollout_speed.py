@@ -178,7 +178,7 @@ def sudoku(args) -> None:
     from trl_spg.tasks.sudoku import cell_accuracy, parse_answer, sudoku_split
     from trl_spg.tasks.sudoku_tiny import TinySudokuSpec, default_cache_dir, tiny_sudoku_model
 
-    train_rows, test_rows = sudoku_split()
+    train_rows, test_rows = sudoku_split(num_test_puzzles=max(256, args.sudoku_puzzles))
     start = time.perf_counter()
     model, tokenizer = tiny_sudoku_model(train_rows, TinySudokuSpec(seed=args.sudoku_seed))
     print(f"\ntiny Sudoku policy (warm-start seed {args.sudoku_seed}, cache {default_cache_dir()}) ready in ", end="")
@@ -247,7 +247,7 @@ def main() -> None:
     sudoku_flags.add_argument("--sudoku", dest="sudoku", action="store_true", default=None, help="run part 2")
     sudoku_flags.add_argument("--no-sudoku", dest="sudoku", action="store_false", help="skip part 2")
     p.add_argument("--sudoku-seed", type=int, default=42, help="warm-start seed (SPGConfig's default seed: 42)")
-    p.add_argument("--sudoku-puzzles", type=int, default=256)
+    p.add_argument("--sudoku-puzzles", type=int, default=256, help="held-out puzzles (the example's 256 by default)")
     p.add_argument("--sudoku-batch", type=int, default=128)
     p.add_argument("--sudoku-repeats", type=int, default=3)
     p.add_argument(

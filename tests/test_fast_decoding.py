@@ -54,7 +54,7 @@ def _run(model, ids, mask, temperature=0.0, seed=7, **options):
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
 @pytest.mark.parametrize("kv_cache", ["none", "dual"])
-@pytest.mark.parametrize("steps", [8, 10, 4])  # 4 or 5 forwards per block, uneven schedules included
+@pytest.mark.parametrize("steps", [8, 10, 4, 32])  # 4, 5, 2, 16 steps per block of 8: uneven, and k = 0 steps
 def test_unreachable_threshold_with_the_exact_minimum_is_the_exact_sampler(temperature, remasking, kv_cache, steps):
     model = tiny_bidirectional_llama(vocab_size=32, seed=2)
     ids, mask = _prompts(32)

@@ -243,9 +243,9 @@ class BlockKVCache:
     ) -> torch.Tensor:
         """Logits at ``keep`` from a forward of the query window only; every other position comes from the cache.
 
-        ``keep`` and the padding mask must be those of the last `refresh` (same block, same canvas layout).
-        ``rows`` (1-D batch indices, increasing; None: the rows of the last refresh) computes only those rows; rows
-        left out are dropped from the cache until the next refresh.
+        ``keep`` and the canvas layout must be those of the last `refresh` (same block; the refresh's padding mask is
+        used). ``rows`` (1-D batch indices, increasing; None: the rows of the last refresh) computes only those rows;
+        rows left out are dropped from the cache until the next refresh.
         """
         if self.cache is None or not torch.equal(keep, self.keep):
             raise RuntimeError("BlockKVCache.logits needs a refresh for these positions first.")
@@ -253,7 +253,9 @@ class BlockKVCache:
             self._select_rows(rows)
         low, high = self.window
         kwargs = {
-            "input_ids": input_ids[self.rows, low:high] if rows is not None else input_ids[:, low:high],
+            "input_ids": input_ids[:, low:high]
+            if len(self.rows) == len(input_ids)
+            else input_ids[self.rows, low:high],
             "attention_mask": self.mask,
             "position_ids": self.position_ids,
             "use_cache": True,

@@ -278,7 +278,8 @@ def _decode_block_by_threshold(
         still_masked = current == mask_token_id
         counts = counts[rows]
         width = int(counts.max())
-        minimum = min_tokens_per_step if min_tokens_per_step is not None else max(schedule[step], 1)
+        # The fixed schedule's count, at least 1 (its trailing zeros, when steps exceed the block, are never reached).
+        minimum = min_tokens_per_step or max(schedule[step] if step < len(schedule) else 1, 1)
         masked_at = (~still_masked).to(torch.uint8).argsort(dim=-1, stable=True)[:, :width]
         valid = still_masked.gather(1, masked_at)
         vocab = logits.shape[-1]

@@ -6,7 +6,7 @@ Only three GRPO hooks change:
 * ``_get_per_token_logps_and_entropies``: SPG uses no importance ratio, so the old-policy log-probs GRPO asks
   for are never computed (a masked diffusion LM has no per-token autoregressive log-probs anyway);
 * ``_compute_loss``: the SPG loss ``-sum_j A_j L_j bound_j / sum_j L_j`` with bounds estimated from fresh Monte
-  Carlo masks (`trl_spg.masking`, `trl_spg.bounds`).
+  Carlo masks (`trl_spg.objective.SPGObjective`).
 
 Prompt formatting, reward functions, advantages, buffering over ``steps_per_generation`` / ``num_iterations``,
 logging, PEFT and distributed training are TRL's.
@@ -34,10 +34,11 @@ from .seeding import make_generator
 class SPGTrainer(GRPOTrainer):
     """Trainer for SPG (Sandwiched Policy Gradient) on masked diffusion language models.
 
-    A drop-in replacement for `trl.GRPOTrainer`: same arguments, same reward functions and datasets, with an
-    [`SPGConfig`]. ``model`` is a model instance or a hub id / local path (loaded with ``args.model_init_kwargs``);
-    models that are not a ``GenerationMixin`` work too. Pass ``peft_config`` (or a ``PeftModel``) to train LoRA
-    adapters.
+    `trl.GRPOTrainer`'s arguments, reward functions and datasets, with an [`SPGConfig`]. ``model`` is a model instance
+    or a hub id / local path: LLaDA / Dream checkpoints resolve to their converted native copy
+    (`trl_spg.checkpoints`), then TRL loads it (``args.model_init_kwargs``, ``quantization_config``). Models that are
+    not a ``GenerationMixin`` work too. Pass ``peft_config`` (or a ``PeftModel``) to train LoRA adapters. ``tools``,
+    ``rollout_func`` and ``environment_factory`` are rejected: they replace single-turn diffusion decoding.
     """
 
     _tag_names = ["trl", "spg", "diffusion-lm"]

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import MISSING, dataclass, field, fields
 
 from trl import GRPOConfig
 
 from .bounds import NEGATIVE_BOUNDS
 from .masking import MASKING_STRATEGIES
 from .sampler import REMASKING_STRATEGIES
+
+#: Block size of the paper's decoding, used when it divides the completion length.
+PAPER_BLOCK_LENGTH = 32
+#: GRPO loss options that SPG's loss does not use: setting them only earns a warning.
+_IGNORED_GRPO_FIELDS = ("loss_type", "epsilon", "epsilon_high", "importance_sampling_level")
+_GRPO_DEFAULTS = {f.name: f.default for f in fields(GRPOConfig) if f.default is not MISSING}
 
 
 @dataclass
@@ -25,12 +32,14 @@ class SPGConfig(GRPOConfig):
     Parameters:
         > Diffusion decoding (rollouts)
 
-        block_length (`int`, *optional*, defaults to `32`):
+        block_length (`int` or `None`, *optional*, defaults to `None`):
             Tokens per block of semi-autoregressive decoding; blocks are decoded left to right. Must divide
-            `max_completion_length`. Also the block size of the `block_*` masking strategies.
-        diffusion_steps (`int`, *optional*, defaults to `128`):
+            `max_completion_length`. Also the block size of the `block_*` masking strategies. `None` takes 32 (the
+            paper's) when it divides `max_completion_length`, else the whole completion as one block.
+        diffusion_steps (`int` or `None`, *optional*, defaults to `None`):
             Denoising steps (model forwards) per rollout, split evenly over the blocks; must be a multiple of
-            `max_completion_length / block_length`.
+            `max_completion_length / block_length`. `None` takes `max_completion_length // 2` (the paper's
+            protocol: 128 for 256 tokens), rounded to a multiple of the number of blocks.
         remasking (`str`, *optional*, defaults to `"low_confidence"`):
             Which masked positions of the current block are revealed at each step: the most confident
             (`"low_confidence"`) or uniformly random ones (`"random"`).
@@ -70,13 +79,19 @@ class SPGConfig(GRPOConfig):
 
     _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS
 
-    block_length: int = field(
-        default=32,
-        metadata={"help": "Tokens per block of semi-autoregressive decoding; must divide max_completion_length."},
+    block_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens per block of semi-autoregressive decoding; must divide max_completion_length. Default: 32 "
+            "when it divides max_completion_length, else the whole completion."
+        },
     )
-    diffusion_steps: int = field(
-        default=128,
-        metadata={"help": "Denoising steps per rollout; a multiple of max_completion_length / block_length."},
+    diffusion_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Denoising steps per rollout; a multiple of max_completion_length / block_length. Default: "
+            "max_completion_length // 2, rounded to a multiple of the number of blocks."
+        },
     )
     remasking: str = field(
         default="low_confidence",
@@ -114,6 +129,7 @@ class SPGConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self._default_decoding_lengths()
         problems = []
         if self.use_vllm:
             problems.append("use_vllm=True: vLLM decodes autoregressively; SPG rollouts use diffusion decoding.")
@@ -172,5 +188,31 @@ class SPGConfig(GRPOConfig):
                 "top_k / top_p / min_p / repetition_penalty apply to autoregressive decoding; diffusion rollouts "
                 "use only temperature and remasking."
             )
+        if self.generation_kwargs:
+            problems.append(
+                f"generation_kwargs={self.generation_kwargs}: diffusion rollouts do not use `generate`; set "
+                "temperature, remasking, block_length and diffusion_steps instead."
+            )
         if problems:
             raise ValueError("Invalid SPGConfig:\n- " + "\n- ".join(problems))
+        ignored = [
+            f"{name}={getattr(self, name)!r}"
+            for name in _IGNORED_GRPO_FIELDS
+            if getattr(self, name) != _GRPO_DEFAULTS[name]
+        ]
+        if ignored:
+            warnings.warn(
+                f"SPGConfig ignores {', '.join(ignored)}: SPG's loss has no importance ratio or clipping.",
+                stacklevel=3,
+            )
+
+    def _default_decoding_lengths(self) -> None:
+        """Fill `block_length` / `diffusion_steps` left at None from `max_completion_length` (see their help)."""
+        length = self.max_completion_length
+        if not length or length < 1:
+            return  # reported by the validation below
+        if self.block_length is None:
+            self.block_length = PAPER_BLOCK_LENGTH if length % PAPER_BLOCK_LENGTH == 0 else length
+        if self.diffusion_steps is None and self.block_length >= 1 and length % self.block_length == 0:
+            num_blocks = length // self.block_length
+            self.diffusion_steps = max(1, round(length / 2 / num_blocks)) * num_blocks

@@ -14,6 +14,7 @@ logging, PEFT and distributed training are TRL's.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -25,7 +26,7 @@ from trl.trainer.utils import pad
 from .checkpoints import resolve_checkpoint
 from .config import SPGConfig
 from .model_card import spg_model_card
-from .modeling import resolve_mask_token_id, unwrap_model
+from .modeling import attends_bidirectionally, resolve_mask_token_id, unwrap_model
 from .objective import SPGObjective
 from .sampler import completion_mask_from_ids, diffusion_generate
 from .seeding import make_generator
@@ -110,8 +111,35 @@ class SPGTrainer(GRPOTrainer):
             peft_config=peft_config,
         )
         self.mask_token_id = resolve_mask_token_id(unwrap_model(self.model), self._tokenizer, args.mask_token_id)
+        self._check_model_and_special_tokens()
         self.objective = SPGObjective.from_config(args)
         self._eval_calls = 0
+
+    def _check_model_and_special_tokens(self) -> None:
+        """Fail at start, with the fix, on a model or mask token SPG cannot train with."""
+        model = unwrap_model(self.model)
+        if not attends_bidirectionally(model):
+            raise ValueError(
+                f"{type(model).__name__} attends causally (an autoregressive model): SPG needs a bidirectional masked "
+                "diffusion LM. Pass a LLaDA or Dream checkpoint (e.g. SPGTrainer('GSAI-ML/LLaDA-8B-Instruct', ...) "
+                "loads it as a bidirectional Llama), or build the model with `is_causal=False` in its config "
+                "(e.g. LlamaConfig(is_causal=False, ...))."
+            )
+        vocab_size = model.config.get_text_config().vocab_size
+        mask = self.mask_token_id
+        if not 0 <= mask < vocab_size:
+            raise ValueError(
+                f"mask_token_id={mask} is outside the model's vocabulary (ids 0 to {vocab_size - 1}); set "
+                "`mask_token_id` in SPGConfig to the model's [MASK] id (126336 for LLaDA, 151666 for Dream)."
+            )
+        clash = "the pad token" if mask == self._tokenizer.pad_token_id else None
+        if mask in self.eos_token_ids:
+            clash = "an EOS token"
+        if clash is not None:
+            raise ValueError(
+                f"mask_token_id={mask} is also {clash}: masked positions and real tokens would be indistinguishable. "
+                "Set `mask_token_id` in SPGConfig to the model's dedicated [MASK] id."
+            )
 
     # ----------------------------------------------------------------------------------------------------------
     # Randomness: one reproducible stream per (purpose, micro-step, process); the global RNG is never reseeded.
@@ -136,6 +164,7 @@ class SPGTrainer(GRPOTrainer):
         """Diffusion rollouts for already tokenized prompts; returns completion ids cut after the first EOS."""
         if images is not None and any(image is not None for image in images):
             raise ValueError("SPGTrainer supports text-only prompts.")
+        self._check_prompt_lengths(prompt_ids)
         device = self.accelerator.device
         prompts = [torch.tensor(ids) for ids in prompt_ids]
         input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
@@ -167,6 +196,17 @@ class SPGTrainer(GRPOTrainer):
         keep = completion_mask_from_ids(completion_ids, self.eos_token_ids).bool()
         return [ids[row].tolist() for ids, row in zip(completion_ids.cpu(), keep.cpu())], None
 
+    def _check_prompt_lengths(self, prompt_ids) -> None:
+        config = unwrap_model(self.model).config.get_text_config()
+        max_positions = getattr(config, "max_position_embeddings", None)
+        longest = max(len(ids) for ids in prompt_ids)
+        if max_positions is not None and longest + self.args.max_completion_length > max_positions:
+            raise ValueError(
+                f"A prompt of {longest} tokens plus max_completion_length={self.args.max_completion_length} exceeds "
+                f"the model's max_position_embeddings={max_positions}. Shorten or filter the prompts (at most "
+                f"{max_positions - self.args.max_completion_length} tokens), or lower max_completion_length."
+            )
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         """Placeholder old-policy log-probs: SPG's loss has no importance ratio, so no forward pass is spent here."""
         zeros = torch.zeros(input_ids.shape[0], logits_to_keep, device=input_ids.device)
@@ -180,24 +220,51 @@ class SPGTrainer(GRPOTrainer):
         output = self.objective.loss(
             model, inputs, mask_token_id=self.mask_token_id, generator=self._generator("masks", "cpu")
         )
+        self._check_finite(output)
         self._log_bound_metrics(mode, output)
         # GRPOTrainer sets `loss_is_scaled_for_ga = True`, so transformers' Trainer returns the loss unchanged: the
         # division by the accumulation steps happens here, as in GRPO's own `_compute_loss`.
         accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         return output.loss / (accumulation if mode == "train" else 1.0)
 
-    def _log_bound_metrics(self, mode, output):
-        def mean(values):
-            return self.accelerator.gather(values.detach().float()).nanmean().item()
+    def _check_finite(self, output) -> None:
+        """Stop before a non-finite loss reaches the weights, on every process at once, naming its source."""
+        scored = output.lengths > 0
+        advantages = output.advantages.detach()
+        # TRL's `nan_to_num` turns an infinite advantage into the largest finite float: count that as infinite too.
+        advantages = advantages.masked_fill(advantages.abs() >= torch.finfo(advantages.dtype).max, math.inf)
+        quantities = {
+            "advantages (an infinite reward?)": advantages,
+            "likelihood bounds (non-finite model logits, e.g. a bf16 overflow?)": output.bounds["selected"][scored],
+            "loss": output.loss.reshape(1),
+        }
+        bad = torch.stack([(~torch.isfinite(value.detach())).any() for value in quantities.values()]).float()
+        bad = self.accelerator.gather(bad.unsqueeze(0)).sum(0)
+        if bad.any():
+            name = next(name for name, flag in zip(quantities, bad) if flag)
+            raise FloatingPointError(
+                f"Non-finite {name} at optimizer step {self.state.global_step} (micro-step {self._micro_step()}); "
+                "the optimizer step was not taken. See docs/troubleshooting.md."
+            )
 
+    def _log_bound_metrics(self, mode, output):
+        # Completions with no token (e.g. all masked by `mask_truncated_completions`) carry no bound: they are left
+        # out, and a step without any scored completion logs no bound metrics at all rather than fake zeros.
+        scored = output.lengths > 0
+
+        def values(tensor):
+            return self.accelerator.gather(torch.where(scored, tensor.detach().float(), float("nan")))
+
+        if not self.accelerator.gather(scored.sum()).sum():
+            return
         bounds, metrics = output.bounds, self._metrics[mode]
-        metrics["spg/elbo"].append(mean(bounds["elbo"]))
+        metrics["spg/elbo"].append(values(bounds["elbo"]).nanmean().item())
         if bounds["eubo"] is not None:
-            metrics["spg/eubo"].append(mean(bounds["eubo"]))
-        metrics["spg/negative_bound"].append(mean(bounds["negative"]))
-        metrics["spg/bound_gap"].append(mean(bounds["negative"] - bounds["elbo"]))
-        metrics["spg/negative_fraction"].append(mean((output.advantages <= 0).float()))
-        metrics["spg/completion_length"].append(mean(output.lengths.float()))
+            metrics["spg/eubo"].append(values(bounds["eubo"]).nanmean().item())
+        metrics["spg/negative_bound"].append(values(bounds["negative"]).nanmean().item())
+        metrics["spg/bound_gap"].append(values(bounds["negative"] - bounds["elbo"]).nanmean().item())
+        metrics["spg/negative_fraction"].append(values((output.advantages <= 0).float()).nanmean().item())
+        metrics["spg/completion_length"].append(values(output.lengths.float()).nanmean().item())
 
     # ----------------------------------------------------------------------------------------------------------
     # Model card

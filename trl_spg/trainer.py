@@ -170,6 +170,9 @@ class SPGTrainer(GRPOTrainer):
         input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         attention_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device)
         generator = self._generator("rollout", device)
+        # Sharded weights are made whole for the rollout here, and only here: DeepSpeed ZeRO-3 gathers them once per
+        # rollout batch (`ds3_gather_for_generation`, as TRL does for generate), FSDP1 summons them, and FSDP2 modules
+        # all-gather per layer inside each forward. Every denoising step then runs on full weights.
         with (
             unwrap_model_for_generation(
                 self.model_wrapped,

@@ -55,7 +55,12 @@ class SPGScriptArguments(ScriptArguments):
 
 def trl_reward_functions(max_completion_length: int) -> dict:
     """TRL's built-in reward functions, by the names `trl grpo` accepts."""
-    from trl.rewards import accuracy_reward, get_soft_overlong_punishment, reasoning_accuracy_reward, think_format_reward
+    from trl.rewards import (
+        accuracy_reward,
+        get_soft_overlong_punishment,
+        reasoning_accuracy_reward,
+        think_format_reward,
+    )
 
     return {
         "accuracy_reward": accuracy_reward,

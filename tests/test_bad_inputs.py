@@ -14,9 +14,8 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from safetensors.torch import load_file
-from tiny_models import char_variety, make_args, tiny_bidirectional_llama
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
+from tiny_models import BareDiffusionLM, char_variety, make_args, tiny_bidirectional_llama
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from trl_spg import SPGTrainer
 from trl_spg.model_card import UNKNOWN_BASE_MODEL
@@ -34,24 +33,6 @@ def snapshot(model):
 
 
 # ------------------------------------------------------------------------------------------- the model
-
-
-class CustomLM(PreTrainedModel):
-    """A model outside transformers whose config says nothing about causality (as remote code often does)."""
-
-    config_class = LlamaConfig
-
-    def __init__(self, config, bidirectional: bool):
-        super().__init__(config)
-        inner = LlamaConfig(**config.to_dict())
-        inner.is_causal = not bidirectional
-        self.backbone = LlamaModel(inner)
-        self.head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return CausalLMOutput(logits=self.head(hidden))
 
 
 def silent_config(tokenizer) -> LlamaConfig:
@@ -75,8 +56,18 @@ def test_causal_models_are_rejected_from_config_or_probe(tmp_path, tiny_tokenize
     with pytest.raises(ValueError, match=r"attends causally.*is_causal=False"):
         make_trainer(tmp_path, autoregressive, tiny_tokenizer, prompt_dataset)
     with pytest.raises(ValueError, match="attends causally"):  # config silent: the probe decides
-        make_trainer(tmp_path, CustomLM(silent_config(tiny_tokenizer), False), tiny_tokenizer, prompt_dataset)
-    trainer = make_trainer(tmp_path, CustomLM(silent_config(tiny_tokenizer), True), tiny_tokenizer, prompt_dataset)
+        make_trainer(
+            tmp_path,
+            BareDiffusionLM(silent_config(tiny_tokenizer), backbone_is_causal=True),
+            tiny_tokenizer,
+            prompt_dataset,
+        )
+    trainer = make_trainer(
+        tmp_path,
+        BareDiffusionLM(silent_config(tiny_tokenizer), backbone_is_causal=False),
+        tiny_tokenizer,
+        prompt_dataset,
+    )
     assert trainer.mask_token_id == tiny_tokenizer.mask_token_id
 
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
-from tiny_models import char_variety, make_args, tiny_bidirectional_llama
-from transformers import LlamaConfig, LlamaModel, PreTrainedModel, TrainerCallback
-from transformers.modeling_outputs import CausalLMOutput
+from tiny_models import BareDiffusionLM, char_variety, make_args, tiny_bidirectional_llama
+from transformers import TrainerCallback
 from trl.rewards import get_soft_overlong_punishment, think_format_reward
 
 import trl_spg.objective as objective_module
@@ -284,23 +283,6 @@ def test_model_from_path_loads_tokenizer(tmp_path, tiny_model, tiny_tokenizer, p
     assert trainer.mask_token_id == tiny_tokenizer.mask_token_id
     assert trainer.processing_class.padding_side == "left"
     trainer.train()
-
-
-class BareDiffusionLM(PreTrainedModel):
-    """A masked diffusion LM that is not a GenerationMixin (like LLaDA's remote code)."""
-
-    config_class = LlamaConfig
-    _supports_sdpa = True
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.backbone = LlamaModel(config)
-        self.head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return CausalLMOutput(logits=self.head(hidden))
 
 
 def test_non_generation_mixin_model(tmp_path, tiny_tokenizer, prompt_dataset):

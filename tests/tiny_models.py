@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from transformers import LlamaConfig, LlamaModel, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
 
 from trl_spg import SPGConfig
 from trl_spg.tiny import bidirectional_llama
@@ -21,6 +23,31 @@ def tiny_bidirectional_llama(vocab_size: int = 8, seed: int = 0, hidden_size: in
     # Larger output weights make the predictive distributions far from uniform, so bounds are not trivially tight.
     model.lm_head.weight.data.mul_(20.0)
     return model
+
+
+class BareDiffusionLM(PreTrainedModel):
+    """A language model outside transformers' classes that is no GenerationMixin (like LLaDA's remote code).
+
+    ``backbone_is_causal`` overrides the backbone's attention direction without recording it in the model's own
+    config, as remote code that says nothing about causality does.
+    """
+
+    config_class = LlamaConfig
+    _supports_sdpa = True
+
+    def __init__(self, config, backbone_is_causal: bool | None = None):
+        super().__init__(config)
+        backbone_config = config
+        if backbone_is_causal is not None:
+            backbone_config = LlamaConfig(**config.to_dict())
+            backbone_config.is_causal = backbone_is_causal
+        self.backbone = LlamaModel(backbone_config)
+        self.head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return CausalLMOutput(logits=self.head(hidden))
 
 
 class ConstantLogits(torch.nn.Module):

@@ -66,7 +66,8 @@ def char_variety(completions, **kwargs):
     return [float(len(set(text))) for text in completions]
 
 
-def make_args(tmp_path, **overrides):
+def make_args(tmp_path, config_class=SPGConfig, **overrides):
+    """A small, fast config of ``config_class`` (SPG's by default) for the trainer tests."""
     options = dict(
         output_dir=str(tmp_path / "out"),
         report_to="none",
@@ -85,4 +86,4 @@ def make_args(tmp_path, **overrides):
         seed=0,
     )
     options.update(overrides)
-    return SPGConfig(**options)
+    return config_class(**options)

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import sqlite3
+import time
 
 import pandas as pd
 import pytest
@@ -39,8 +40,13 @@ def test_wandb_offline(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
     train(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, "wandb")
     runs = sorted(glob.glob(os.path.join(os.environ["WANDB_DIR"], "wandb", "offline-run-*")), key=os.path.getmtime)
     (record,) = glob.glob(os.path.join(runs[-1], "run-*.wandb"))
-    with open(record, "rb") as handle:
-        data = handle.read()
+    deadline = time.monotonic() + 60  # wandb's service process may still be flushing the offline record
+    while True:
+        with open(record, "rb") as handle:
+            data = handle.read()
+        if (b"spg/elbo" in data and b"spg/negative_bound" in data) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert b"spg/elbo" in data and b"spg/negative_bound" in data
     assert glob.glob(os.path.join(runs[-1], "files", "media", "table", "completions_*.table.json"))
 

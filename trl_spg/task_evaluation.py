@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -433,6 +434,7 @@ def _label(args) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.merge:
         summaries = [json.loads(Path(path).read_text()) for path in args.merge]
         table = markdown_table(summaries)

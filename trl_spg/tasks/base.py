@@ -65,7 +65,7 @@ def _builder(path: Path) -> str:
     return _BUILDERS[suffix]
 
 
-def _load_files(files: str | Sequence[str], split: str) -> datasets.Dataset:
+def _load_files(files: str | Sequence[str]) -> datasets.Dataset:
     paths = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
     builders = {_builder(p) for p in paths}
     if len(builders) != 1:
@@ -94,12 +94,12 @@ def load_rows(data: DataArg, split: str) -> datasets.Dataset:
     if isinstance(data, Mapping):
         if split not in data:
             raise ValueError(f"data_files has no entry for split {split!r} (it has {sorted(data)}).")
-        return _load_files(data[split], split)
+        return _load_files(data[split])
     path = Path(data)
     if path.is_dir():
         return _load_folder(path, split)
     if path.is_file():
-        return _load_files(str(path), split)
+        return _load_files(str(path))
     raise FileNotFoundError(f"No such data file or folder: {data}")
 
 
@@ -207,7 +207,6 @@ class Task:
         """
         style = prompt_style or (self.train_prompt if split == "train" else self.eval_prompt)
         examples = self.examples(split, data, limit)
-        self.format_prompt(examples[0], style, **prompt_options) if len(examples) else None  # fail early
         prompts = [self.format_prompt(example, style, **prompt_options) for example in examples]
         return examples.add_column("prompt", prompts) if prompts else examples
 

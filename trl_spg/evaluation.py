@@ -1,15 +1,13 @@
 """Evaluation of a masked diffusion LM: batched greedy diffusion decoding and the paper's Sudoku accuracy.
 
-Command line (a model, optionally a PEFT adapter on top, evaluated on the held-out puzzles):
+Command line (any task of `trl_spg.tasks`, the paper's protocol; see `trl_spg.task_evaluation`):
 
-    python -m trl_spg.evaluation --model_name_or_path PATH_OR_ID [--adapter PATH] \
-        --gen_length 256 --block_length 32 --steps 128 [--prompt_style instruct --few_shot 3]
+    python -m trl_spg.evaluation --task gsm8k --model_name_or_path PATH_OR_ID [--adapter PATH] \
+        --gen_lengths 128 256 512 [--output_dir outputs/eval]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Sequence
 
@@ -21,11 +19,23 @@ from .tasks.sudoku import cell_accuracy, parse_answer
 
 
 def render_prompts(tokenizer, prompts: Sequence) -> list[str]:
-    """Prompt texts: plain strings as they are, conversations through the chat template (as TRL does)."""
-    return [
-        p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
+    """Prompt texts: plain strings as they are, conversations through the chat template (as TRL does).
+
+    A conversation ending with an assistant message is continued (``continue_final_message``): the reply starts
+    with that message's text, as in the paper's evaluation prompts that open the reply with ``<reasoning>``.
+    """
+    texts = []
+    for p in prompts:
+        if isinstance(p, str):
+            texts.append(p)
+            continue
+        prefilled = bool(p) and p[-1].get("role") == "assistant"
+        texts.append(
+            tokenizer.apply_chat_template(
+                p, tokenize=False, add_generation_prompt=not prefilled, continue_final_message=prefilled
+            )
+        )
+    return texts
 
 
 @torch.no_grad()
@@ -136,49 +146,10 @@ def evaluate_sudoku(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .checkpoints import load_model_and_tokenizer
-    from .tasks.sudoku import few_shot_examples, sudoku_split
+    """The evaluation command line: see `trl_spg.task_evaluation` (any task; Sudoku when ``--task`` is omitted)."""
+    from .task_evaluation import main as task_main
 
-    parser = argparse.ArgumentParser(description="Sudoku accuracy of a masked diffusion LM (greedy decoding).")
-    parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--adapter", default=None, help="PEFT adapter (path or hub id) to load on top of the model.")
-    parser.add_argument("--gen_length", type=int, default=256)
-    parser.add_argument("--block_length", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=None, help="Denoising steps; default gen_length / 2.")
-    parser.add_argument("--prompt_style", choices=["compact", "instruct"], default="instruct")
-    parser.add_argument("--few_shot", type=int, default=3)
-    parser.add_argument("--num_puzzles", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--output", default=None, help="Write the result (with completions) as JSON here.")
-    args = parser.parse_args(argv)
-
-    model, tokenizer = load_model_and_tokenizer(args.model_name_or_path, dtype=args.dtype)
-    if args.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.adapter)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    train_rows, test_rows = sudoku_split()
-    examples = few_shot_examples(train_rows, args.few_shot) if args.few_shot else []
-    result = evaluate_sudoku(
-        model,
-        tokenizer,
-        test_rows[: args.num_puzzles],
-        prompt_style=args.prompt_style,
-        examples=examples,
-        gen_length=args.gen_length,
-        block_length=args.block_length,
-        steps=args.steps or args.gen_length // 2,
-        batch_size=args.batch_size,
-    )
-    summary = {k: v for k, v in result.items() if k != "completions"}
-    print(json.dumps(summary, indent=2))
-    if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=2)
-    return result
+    return task_main(argv)
 
 
 if __name__ == "__main__":

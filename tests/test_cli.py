@@ -103,3 +103,49 @@ def test_accelerate_configs_load(name, kind):
         assert config.deepspeed_config["zero_stage"] == (3 if "zero3" in name else 2)
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_version"] == 2
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "math500", "countdown", "sudoku"])
+def test_paper_recipes_parse_and_carry_the_task_settings(name, tmp_path):
+    from trl_spg.scripts.spg import make_parser
+    from trl_spg.tasks import get_task
+
+    recipe = Path(__file__).parent.parent / "examples" / "configs" / f"{name}_llada.yaml"
+    argv = ["--config", str(recipe), "--output_dir", str(tmp_path), "--bf16", "false"]  # bf16 needs a GPU here
+    script_args, training_args, model_args, _ = make_parser().parse_args_and_config(args=argv)
+    task = get_task(script_args.task)
+    assert task.name == name and model_args.model_name_or_path == "GSAI-ML/LLaDA-8B-Instruct"
+    assert {key: getattr(training_args, key) for key in task.training} == dict(task.training)
+    assert training_args.num_generations == 6 and training_args.num_iterations == 4
+    assert training_args.learning_rate == 3e-6 and training_args.max_grad_norm == 0.2
+    assert (training_args.max_completion_length, training_args.block_length, training_args.diffusion_steps) == (
+        256,
+        32,
+        128,
+    )
+    assert training_args.negative_bound == "mix" and training_args.num_mc_masks == 2
+    assert model_args.use_peft and model_args.load_in_4bit and (model_args.lora_r, model_args.lora_alpha) == (128, 64)
+    assert set(model_args.lora_target_modules) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    if script_args.prompt_style is not None:
+        assert script_args.prompt_style in task.prompts
+
+
+def test_task_flag_gives_data_prompts_and_rewards(tiny_folder):
+    out = tiny_folder / "out"
+    args = ["--task", "sudoku", "--prompt_style", "compact", "--model_name_or_path", str(tiny_folder / "tiny")]
+    args += ["--output_dir", str(out), "--eval_every", "1", "--eval_limit", "4", "--eval_gen_length", "8"]
+    trainer = main(args + COMMON + SMALL)
+    assert trainer.state.global_step == 2
+    assert trainer.reward_func_names == ["sudoku_reward"]
+    assert trainer.train_dataset[0]["prompt"].endswith("=") and len(trainer.train_dataset) == 800
+    evaluations = [entry for entry in trainer.state.log_history if "eval_task/sudoku/accuracy" in entry]
+    assert [entry["step"] for entry in evaluations] == [1, 2]
+    assert "datasets:" not in (out / "README.md").read_text()  # built-in data: no Hub dataset to name

@@ -72,30 +72,31 @@ def test_gsm8k_evaluation_parsing(completion, prediction, correct):
 
 # --- Countdown ---------------------------------------------------------------------------------------------------------
 
-COUNTDOWN_CASES = [  # (completion, nums, target, reference reward)
-    ("<answer>3*5+7</answer>", [3, 5, 7], 22, 1.0),
-    ("<reasoning>\nmultiply first\n</reasoning>\n<answer>\n 3 * 5 + 7 \n</answer>", [3, 5, 7], 22, 1.0),
-    ("<answer>\n(7 + 5) * 3\n</answer>", [3, 5, 7], 22, 0.1),
-    ("<answer>3*5+8</answer>", [3, 5, 7], 22, 0.1),
-    ("<answer>3*5+7+7</answer>", [3, 5, 7], 22, 0.1),
-    ("3*5+7", [3, 5, 7], 22, 0.0),
-    ("", [3, 5, 7], 22, 0.0),
-    ("<answer></answer>", [3, 5, 7], 22, 0.1),
-    ("<answer>3/(5-5)</answer>", [3, 5, 5], 3, 0.1),
-    ("<answer>3*5+7</answer> on second thought <answer>7+5+3</answer>", [3, 5, 7], 22, 0.1),
-    ("<answer>__import__('os').system('ls')</answer>", [3, 5, 7], 22, 0.1),
-    ("<answer>(1/3)*3</answer>", [1, 3, 3], 1, 1.0),
-    ("<answer>-5+9-2</answer>", [2, 5, 9], 2, 1.0),
-    ("<answer>3.0*5+7</answer>", [3, 5, 7], 22, 0.1),
-    ("<answer>3*5+7=22</answer>", [3, 5, 7], 22, 0.1),
-    ("<answer>(3*5+7</answer>", [3, 5, 7], 22, 0.1),
-    ("<answer>100/(7-3)</answer>", [100, 7, 3], 25, 1.0),
-    ("<answer>100/(7-3)</answer>", [100, 7, 3], 26, 0.1),
+COUNTDOWN_CASES = [  # (completion, nums, target, reference reward, our reward)
+    ("<answer>3*5+7</answer>", [3, 5, 7], 22, 1.0, 1.0),
+    ("<reasoning>\nmultiply first\n</reasoning>\n<answer>\n 3 * 5 + 7 \n</answer>", [3, 5, 7], 22, 1.0, 1.0),
+    ("<answer>\n(7 + 5) * 3\n</answer>", [3, 5, 7], 22, 0.1, 0.1),
+    ("<answer>3*5+8</answer>", [3, 5, 7], 22, 0.1, 0.1),
+    ("<answer>3*5+7+7</answer>", [3, 5, 7], 22, 0.1, 0.1),
+    ("3*5+7", [3, 5, 7], 22, 0.0, 0.0),
+    ("", [3, 5, 7], 22, 0.0, 0.0),
+    ("<answer>3*5+7</answer> on second thought <answer>7+5+3</answer>", [3, 5, 7], 22, 0.1, 0.1),
+    ("<answer>(1/3)*3</answer>", [1, 3, 3], 1, 1.0, 1.0),
+    ("<answer>-5+9-2</answer>", [2, 5, 9], 2, 1.0, 1.0),
+    ("<answer>3.0*5+7</answer>", [3, 5, 7], 22, 0.1, 0.1),
+    ("<answer>100/(7-3)</answer>", [100, 7, 3], 25, 1.0, 1.0),
+    ("<answer>100/(7-3)</answer>", [100, 7, 3], 26, 0.1, 0.1),
+    # Not a valid expression: the reference pays 0.1 for anything in answer tags, we pay nothing.
+    ("<answer></answer>", [3, 5, 7], 22, 0.1, 0.0),
+    ("<answer>3/(5-5)</answer>", [3, 5, 5], 3, 0.1, 0.0),
+    ("<answer>__import__('os').system('ls')</answer>", [3, 5, 7], 22, 0.1, 0.0),
+    ("<answer>3*5+7=22</answer>", [3, 5, 7], 22, 0.1, 0.0),
+    ("<answer>(3*5+7</answer>", [3, 5, 7], 22, 0.1, 0.0),
 ]
 
 
 @pytest.mark.parametrize("conversational", [False, True])
-def test_countdown_reward_matches_the_reference(conversational):
+def test_countdown_reward_values(conversational):
     texts = [case[0] for case in COUNTDOWN_CASES]
     completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
     rewards = countdown_reward(
@@ -104,7 +105,7 @@ def test_countdown_reward_matches_the_reference(conversational):
         nums=[case[1] for case in COUNTDOWN_CASES],
         prompts=None,
     )
-    assert rewards == [case[3] for case in COUNTDOWN_CASES]
+    assert rewards == [case[4] for case in COUNTDOWN_CASES]
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,7 @@ def test_countdown_reward_matches_the_reference(conversational):
 def test_malformed_or_huge_expressions_are_rejected_quickly(expression):
     start = time.perf_counter()
     assert evaluate_expression(expression) is None
-    assert countdown_reward([f"<answer>{expression}</answer>"], target=[1], nums=[[9, 9, 9]]) == [0.1]
+    assert countdown_reward([f"<answer>{expression}</answer>"], target=[1], nums=[[9, 9, 9]]) == [0.0]
     assert time.perf_counter() - start < 0.05
 
 

@@ -29,11 +29,11 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from trl.models.utils import unwrap_model_for_generation
 
 from .evaluation import generate_completions, render_prompts
 from .tasks import Task, get_task, task_names
@@ -333,12 +333,7 @@ class TaskEvaluationCallback(TrainerCallback):
 
     def evaluate(self, step: int) -> dict:
         trainer = self.trainer
-        try:
-            from trl.models.utils import unwrap_model_for_generation
-
-            unwrapped = unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator)
-        except ImportError:  # pragma: no cover - older TRL
-            unwrapped = nullcontext(trainer.accelerator.unwrap_model(trainer.model))
+        unwrapped = unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator)
         with unwrapped as model, torch.no_grad(), trainer.accelerator.autocast():
             records = generate_and_score(
                 self.task,

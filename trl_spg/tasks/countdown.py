@@ -7,9 +7,11 @@ Hub, so the built-in test split is 256 procedurally generated problems (`generat
 problems. A local copy of other problems loads with ``data=`` (columns ``target``/``nums``, or ``input`` = ``"a,b,c"``
 and ``output`` = target).
 
-Reward (`countdown_reward`, the reference's values): 1.0 when the expression in the last ``<answer>...</answer>``
-uses each given number exactly once and evaluates to the target (|difference| < 1e-5); 0.1 when an answer is
-present but wrong, uses other numbers or is not a valid expression; 0.0 without answer tags.
+Reward (`countdown_reward`): 1.0 when the expression in the last ``<answer>...</answer>`` uses each given number
+exactly once and evaluates to the target (|difference| < 1e-5); 0.1 when it is a valid expression that is wrong or
+uses other numbers; 0.0 without answer tags or when their content is not a valid expression (empty, malformed,
+other operators or names, huge, division by zero). The reference pays 0.1 for anything inside answer tags; a
+well-formed but wrong expression is the only near miss worth rewarding here.
 
 Expressions are never passed to ``eval``: `evaluate_expression` tokenises and parses them with a small grammar
 (numbers, ``+ - * /``, parentheses, unary signs) in exact rational arithmetic, and rejects anything else (``**``,
@@ -171,20 +173,17 @@ def uses_numbers(expression: str, numbers: Sequence[int]) -> bool:
 def reward_value(text: str, target: int | float, numbers: Sequence[int]) -> float:
     """The reward of one completion text (see the module docstring)."""
     expression = last_tagged_answer(text)
-    if expression is None:
-        return 0.0
-    if not uses_numbers(expression, numbers):
-        return 0.1
-    value = evaluate_expression(expression)
+    value = evaluate_expression(expression) if expression is not None else None
     if value is None:
-        return 0.1
-    return 1.0 if abs(float(value) - float(target)) < 1e-5 else 0.1
+        return 0.0
+    correct = uses_numbers(expression, numbers) and abs(float(value) - float(target)) < 1e-5
+    return 1.0 if correct else 0.1
 
 
 def countdown_reward(
     completions: Sequence[Any], target: Sequence[int], nums: Sequence[Sequence[int]], **kwargs
 ) -> list[float]:
-    """TRL reward: 1.0 correct, 0.1 answer present but wrong, 0.0 no answer (columns ``target`` and ``nums``)."""
+    """TRL reward: 1.0 correct, 0.1 a valid but wrong expression, 0.0 none (columns ``target`` and ``nums``)."""
     return [reward_value(completion_text(c), t, n) for c, t, n in zip(completions, target, nums, strict=True)]
 
 

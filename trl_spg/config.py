@@ -26,22 +26,7 @@ class SPGConfig(DiffusionGRPOConfig):
     `importance_sampling_level` are ignored.
 
     Parameters:
-        > Diffusion decoding (rollouts)
-
-        block_length (`int` or `None`, *optional*, defaults to `None`):
-            Tokens per block of semi-autoregressive decoding; blocks are decoded left to right. Must divide
-            `max_completion_length`. Also the block size of the `block_*` masking strategies. `None` takes 32 (the
-            paper's) when it divides `max_completion_length`, else the whole completion as one block.
-        diffusion_steps (`int` or `None`, *optional*, defaults to `None`):
-            Denoising steps (model forwards) per rollout, split evenly over the blocks; must be a multiple of
-            `max_completion_length / block_length`. `None` takes `max_completion_length // 2` (the paper's
-            protocol: 128 for 256 tokens), rounded to a multiple of the number of blocks.
-        remasking (`str`, *optional*, defaults to `"low_confidence"`):
-            Which masked positions of the current block are revealed at each step: the most confident
-            (`"low_confidence"`) or uniformly random ones (`"random"`).
-        mask_token_id (`int` or `None`, *optional*, defaults to `None`):
-            Id of the `[MASK]` token. `None` takes the tokenizer's mask token, else `model.config.mask_token_id`
-            (an error when both exist and differ).
+        (`block_length`, `diffusion_steps`, `remasking` and `mask_token_id` are [`DiffusionGRPOConfig`]'s.)
 
         > SPG objective
 

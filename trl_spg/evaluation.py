@@ -90,23 +90,86 @@ def generate_completions(
     return outputs
 
 
-def sudoku_accuracy(completions: Sequence[str], puzzles: Sequence[str], solutions: Sequence[str]) -> dict:
-    """The paper's Sudoku accuracy: correct empty cells / empty cells, pooled over all puzzles.
+def ratio_stderr(
+    numerators: Sequence[float], denominators: Sequence[float], clusters: Sequence | None = None
+) -> float:
+    """Standard error of the ratio estimate ``r = sum(numerators) / sum(denominators)`` over independent units.
 
-    ``stderr`` is the standard error of that ratio estimate over puzzles (a ratio of means:
-    ``sqrt(sum_p (c_p - acc * n_p)^2) / sum_p n_p``), which accounts for cells of one puzzle being correlated.
+    Each position is one unit (a puzzle); with ``clusters`` the units sharing a label are summed into one cluster
+    first (a solution grid), so correlated units do not count as independent. With ``y_g, x_g`` the sums of cluster
+    ``g`` and ``G`` clusters (the linearised ratio-of-means estimate):
+
+        SE = sqrt(G / (G - 1) * sum_g (y_g - r * x_g)^2) / sum_g x_g
+
+    0.0 when the denominators sum to 0; with a single cluster the ``G / (G - 1)`` factor is left out.
     """
-    counts = [
+    if len(numerators) != len(denominators):
+        raise ValueError(f"{len(numerators)} numerators but {len(denominators)} denominators")
+    if clusters is None:
+        pairs = list(zip(numerators, denominators))
+    else:
+        if len(clusters) != len(numerators):
+            raise ValueError(f"{len(clusters)} cluster labels for {len(numerators)} units")
+        sums: dict = {}
+        for y, x, label in zip(numerators, denominators, clusters):
+            total_y, total_x = sums.get(label, (0.0, 0.0))
+            sums[label] = (total_y + y, total_x + x)
+        pairs = list(sums.values())
+    total = sum(x for _, x in pairs)
+    if not total:
+        return 0.0
+    ratio = sum(y for y, _ in pairs) / total
+    count = len(pairs)
+    residual = sum((y - ratio * x) ** 2 for y, x in pairs)
+    return math.sqrt(residual * count / max(count - 1, 1)) / total
+
+
+def _cell_counts(completions: Sequence[str], puzzles: Sequence[str], solutions: Sequence[str]) -> list[tuple]:
+    return [
         cell_accuracy(parse_answer(text), puzzle, solution)
         for text, puzzle, solution in zip(completions, puzzles, solutions, strict=True)
     ]
+
+
+def sudoku_accuracy(completions: Sequence[str], puzzles: Sequence[str], solutions: Sequence[str]) -> dict:
+    """The paper's Sudoku accuracy: correct empty cells / empty cells, pooled over all puzzles.
+
+    Two standard errors of that ratio (`ratio_stderr`): ``stderr`` over puzzles (cells of one puzzle are
+    correlated, puzzles are taken as independent) and ``stderr_grid`` over solution grids (puzzles made from one
+    grid are correlated too; the safer figure when a grid has several puzzles). ``grids`` counts the grids.
+    """
+    counts = _cell_counts(completions, puzzles, solutions)
     correct = sum(c for c, _ in counts)
     total = sum(n for _, n in counts)
-    accuracy = correct / total if total else 0.0
-    n = len(counts)
-    residual = sum((c - accuracy * m) ** 2 for c, m in counts)
-    stderr = math.sqrt(residual * n / max(n - 1, 1)) / total if total else 0.0
-    return {"accuracy": accuracy, "stderr": stderr, "correct": correct, "empty_cells": total, "puzzles": n}
+    return {
+        "accuracy": correct / total if total else 0.0,
+        "stderr": ratio_stderr([c for c, _ in counts], [n for _, n in counts]),
+        "stderr_grid": ratio_stderr([c for c, _ in counts], [n for _, n in counts], clusters=solutions),
+        "correct": correct,
+        "empty_cells": total,
+        "puzzles": len(counts),
+        "grids": len(set(solutions)),
+    }
+
+
+def paired_stderr(
+    before: Sequence[str],
+    after: Sequence[str],
+    puzzles: Sequence[str],
+    solutions: Sequence[str],
+    *,
+    by_grid: bool = False,
+) -> float:
+    """Standard error of the accuracy difference ``after - before`` on the same puzzles (paired).
+
+    ``before`` / ``after`` are the two models' completions of the same puzzles. The unit is the per-puzzle
+    difference of correct cells (with its empty cells as denominator), or with ``by_grid`` the per-grid sum of those
+    differences, through `ratio_stderr`.
+    """
+    counts_before = _cell_counts(before, puzzles, solutions)
+    counts_after = _cell_counts(after, puzzles, solutions)
+    diffs = [a - b for (a, _), (b, _) in zip(counts_after, counts_before, strict=True)]
+    return ratio_stderr(diffs, [n for _, n in counts_before], clusters=solutions if by_grid else None)
 
 
 def evaluate_sudoku(

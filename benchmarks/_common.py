@@ -54,7 +54,7 @@ PRESETS = {
         dtype="bfloat16",
     ),
     # LLaDA-8B's shape (hidden 4096, 32 layers, 32 heads, MLP 12288, LLaDA's vocabulary) with random weights, built
-    # on the GPU in bf16 (about 16 GB), at the decoding settings.
+    # on the GPU in bf16 (about 16 GB), at the `gpu` preset's decoding settings.
     "llada8b": dict(
         vocab=126464,
         hidden=4096,

@@ -1,5 +1,13 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
+
+# Trackers write to a scratch folder and never reach a server (trackio reads its folder at import time).
+_TRACKERS = tempfile.mkdtemp(prefix="trl-spg-trackers-")
+os.environ.setdefault("TRACKIO_DIR", os.path.join(_TRACKERS, "trackio"))
+os.environ.setdefault("WANDB_DIR", _TRACKERS)
+os.environ["WANDB_MODE"] = "offline"
 
 # Test helpers (tiny models, exact likelihood) live beside the tests.
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,10 +1,11 @@
 """SPG bounds against exact likelihoods, Monte Carlo convergence, and the loss."""
 
+import itertools
 import math
 
 import pytest
 import torch
-from exact_likelihood import exact_quantities
+from exact_likelihood import exact_quantities, subset_logprobs
 from tiny_models import tiny_bidirectional_llama
 
 from trl_spg.bounds import (
@@ -206,3 +207,73 @@ def test_negative_bound_none_drops_negative_samples():
     loss.backward()
     assert loss.item() == 0.0 and torch.count_nonzero(logps.grad) == 0
     assert bounds["eubo"] is None
+
+
+# ------------------------------------------------------------------------------------------- block choice
+
+
+def _exact_block_elbo(table, length: int, block: int, strategy: str) -> float:
+    """Exact expectation of one mask's per-token ELBO term ``sum_{i in M} l_i(z_M) / |M|`` under a block strategy.
+
+    The block is uniform over the content blocks; ``block_all`` masks it whole, ``block_random`` masks a uniformly
+    chosen ``k``-subset of it with ``k`` uniform in ``1..n_b``; every later position is masked, no prompt masking.
+    """
+    blocks = [list(range(start, min(start + block, length))) for start in range(0, length, block)]
+    total = 0.0
+    for positions in blocks:
+        later = list(range(positions[-1] + 1, length))
+        if strategy == "block_all":
+            cases = [(1.0, positions)]
+        else:
+            n = len(positions)
+            cases = [
+                (1.0 / n / math.comb(n, k), list(subset))
+                for k in range(1, n + 1)
+                for subset in itertools.combinations(positions, k)
+            ]
+        for weight, chosen in cases:
+            masked = frozenset(chosen + later)
+            total += weight * sum(table[masked][i].item() for i in masked) / len(masked)
+    return total / len(blocks)
+
+
+def _block_elbo_estimates(model, prompt, completion, strategy, block_sampling, num_masks, repeats, seed):
+    prompt_ids = torch.tensor([prompt]).expand(repeats, -1)
+    completion_ids = torch.tensor([completion]).expand(repeats, -1)
+    masks = sample_masks(
+        torch.ones_like(prompt_ids),
+        torch.ones_like(completion_ids),
+        num_masks=num_masks,
+        strategy=strategy,
+        block_length=2,
+        block_sampling=block_sampling,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    with torch.no_grad():
+        logps = masked_token_logprobs(model, prompt_ids, torch.ones_like(prompt_ids), completion_ids, masks, MASK)
+    return elbo_estimate(logps.double(), masks.scored)
+
+
+@pytest.mark.parametrize("block_sampling", ["independent", "stratified"])
+def test_block_random_elbo_is_unbiased_under_both_block_choices(block_sampling):
+    """Both block choices estimate the same quantity: the Monte Carlo mean of the ELBO estimate (2 masks per set)
+    matches the exact expectation over blocks, in-block counts and subsets."""
+    model = tiny_bidirectional_llama(vocab_size=8, seed=6)
+    prompt, completion = [1, 2, 3], [4, 0, 2, 5, 1, 6]
+    exact = _exact_block_elbo(subset_logprobs(model, prompt, completion, MASK), 6, 2, "block_random")
+    estimates = _block_elbo_estimates(model, prompt, completion, "block_random", block_sampling, 2, 4000, 0)
+    stderr = estimates.std().item() / math.sqrt(estimates.numel())
+    assert abs(estimates.mean().item() - exact) < 4 * stderr
+    assert stderr < 0.01 * abs(exact)  # the tolerance is tight enough to mean something
+
+
+def test_stratified_block_all_with_one_mask_per_block_is_exact():
+    """With as many masks as blocks, stratified block_all visits every block once: every estimate is the exact
+    expectation (zero variance), while the independent choice scatters around it."""
+    model = tiny_bidirectional_llama(vocab_size=8, seed=7)
+    prompt, completion = [3, 1], [2, 6, 0, 4, 5, 1]
+    exact = _exact_block_elbo(subset_logprobs(model, prompt, completion, MASK), 6, 2, "block_all")
+    stratified = _block_elbo_estimates(model, prompt, completion, "block_all", "stratified", 3, 50, 0)
+    torch.testing.assert_close(stratified, torch.full_like(stratified, exact), rtol=1e-6, atol=1e-6)
+    independent = _block_elbo_estimates(model, prompt, completion, "block_all", "independent", 3, 50, 0)
+    assert independent.std() > 0.01 * abs(exact)

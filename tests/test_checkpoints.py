@@ -378,6 +378,21 @@ def test_dream_loads_as_bidirectional_qwen2_with_one_shift(dream, tokenizer):
     assert not torch.allclose(logits, unshifted, atol=1e-3)
 
 
+def test_dream_sliding_window_setting_is_dropped_as_dream_does(tmp_path, tokenizer):
+    """Dream's code never applies a window; a converted model that did would give other logits."""
+    folder, config, reference = write_dream_checkpoint(tmp_path / "Dream-window", tokenizer)
+    windowed = {**config, "use_sliding_window": True, "sliding_window": 4, "max_window_layers": 0}
+    (folder / "config.json").write_text(json.dumps(windowed))
+    with pytest.warns(UserWarning, match="use_sliding_window"):
+        model, _ = load_model_and_tokenizer(str(folder))
+    assert model.config.use_sliding_window is False and set(model.config.layer_types) == {"full_attention"}
+    batch = token_batch(tokenizer, "12+34=46 and more")  # longer than the window
+    with torch.no_grad():
+        logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
+        unshifted = reference(input_ids=batch["input_ids"]).logits
+    torch.testing.assert_close(logits, shift_right(unshifted), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", ["llada", "dream"])
 def test_attention_is_bidirectional(fmt, request, tokenizer):
     model = request.getfixturevalue(fmt)["model"]

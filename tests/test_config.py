@@ -16,6 +16,7 @@ def test_paper_defaults():
     assert config.scale_rewards == "none" and config.beta == 0.0 and config.temperature == 0.9
     assert (config.negative_bound, config.eubo_beta, config.mix_weight) == ("mix", 1.5, 0.5)
     assert (config.masking_strategy, config.num_mc_masks, config.p_mask_prompt) == ("block_random", 2, 0.15)
+    assert config.block_sampling == "stratified"
     assert (config.max_completion_length, config.block_length, config.diffusion_steps) == (256, 32, 128)
     # Rollouts use the exact sampler unless a fast mode is asked for.
     assert (config.rollout_decoding, config.rollout_kv_cache, config.rollout_cache_refresh_every) == (
@@ -45,6 +46,7 @@ def test_paper_defaults():
         ({"min_mask_ratio": 0.9, "max_mask_ratio": 0.1}, "min_mask_ratio"),
         ({"p_mask_prompt": 1.0}, "p_mask_prompt"),
         ({"num_mc_masks": 0}, "num_mc_masks"),
+        ({"block_sampling": "sorted"}, "block_sampling"),
         ({"beta": 0.04}, "KL"),
         ({"top_entropy_quantile": 0.2}, "top_entropy_quantile"),
         ({"entropy_coef": 0.1}, "entropy"),
@@ -81,6 +83,7 @@ def test_objective_carries_every_setting():
         min_mask_ratio=0.1,
         max_mask_ratio=0.9,
         p_mask_prompt=0.05,
+        block_sampling="independent",
     )
     config = make(max_completion_length=64, diffusion_steps=8, **settings)
     assert asdict(SPGObjective.from_config(config)) == settings

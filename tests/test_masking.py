@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trl_spg.masking import apply_masks, choose_k_of, sample_masks
+from trl_spg.masking import BLOCK_SAMPLINGS, apply_masks, choose_k_of, sample_masks
 
 BLOCK = 4
 
@@ -83,13 +83,59 @@ def _check_block_structure(masks, lengths, strategy):
                 assert count == end - start
 
 
+@pytest.mark.parametrize("block_sampling", ["independent", "stratified"])
 @pytest.mark.parametrize("strategy", ["block_all", "block_random"])
-def test_block_structure(strategy):
-    _, _, lengths, masks = _draw(strategy, num_masks=200)
+def test_block_structure(strategy, block_sampling):
+    _, _, lengths, masks = _draw(strategy, num_masks=200, block_sampling=block_sampling)
     _check_block_structure(masks, lengths, strategy)
     # Every content block gets chosen sometimes: the first scored position's block varies over all of them.
     first_block = masks.scored[0].float().argmax(-1) // BLOCK
     assert set(first_block.tolist()) == {0, 1, 2}
+
+
+def _chosen_blocks(masks):
+    """The block of every mask, read off its first scored position (valid without prompt perturbation)."""
+    return masks.scored.float().argmax(-1) // BLOCK
+
+
+@pytest.mark.parametrize("strategy", ["block_all", "block_random"])
+def test_stratified_masks_of_a_completion_take_different_blocks(strategy):
+    # Rows have 3, 2 and 1 content blocks. With m = 3 masks: all three blocks, both blocks (the first one again for
+    # the third mask), and the single block three times; with m = 2 the masks differ wherever two blocks exist.
+    independent_repeats = 0
+    for seed in range(20):
+        blocks = _chosen_blocks(_draw(strategy, num_masks=3, seed=seed, block_sampling="stratified")[-1])
+        assert sorted(blocks[0].tolist()) == [0, 1, 2]
+        assert sorted(blocks[1, :2].tolist()) == [0, 1] and blocks[1, 2] == blocks[1, 0]
+        assert blocks[2].tolist() == [0, 0, 0]
+        pairs = _chosen_blocks(_draw(strategy, num_masks=2, seed=seed, block_sampling="stratified")[-1])
+        assert (pairs[:2, 0] != pairs[:2, 1]).all()
+        pairs = _chosen_blocks(_draw(strategy, num_masks=2, seed=seed, block_sampling="independent")[-1])
+        independent_repeats += int(pairs[0, 0] == pairs[0, 1])
+    # The independent choice does repeat a block (probability 1/3 per completion of row 0's kind).
+    assert independent_repeats > 0
+
+
+def test_stratified_block_of_each_mask_is_uniform():
+    """Each mask's block is uniform over the content blocks (what keeps the ELBO estimate's expectation), while the
+    two masks of a completion never share one."""
+    rows = 3000
+    completion_mask = (torch.arange(12)[None] < torch.full((rows, 1), 11)).long()  # 3 content blocks
+    masks = sample_masks(
+        torch.ones(rows, 2, dtype=torch.long),
+        completion_mask,
+        num_masks=2,
+        strategy="block_all",
+        block_length=BLOCK,
+        block_sampling="stratified",
+        generator=torch.Generator().manual_seed(0),
+    )
+    blocks = _chosen_blocks(masks)
+    assert (blocks[:, 0] != blocks[:, 1]).all()
+    for index in range(2):
+        freq = torch.bincount(blocks[:, index], minlength=3).float() / rows
+        # standard error sqrt(2/9/3000) ~ 0.0086
+        assert torch.allclose(freq, torch.full((3,), 1 / 3), atol=0.035), freq
 
 
 def test_block_random_partial_block_counts():
@@ -153,3 +199,28 @@ def test_rejects_bad_arguments():
         _draw("blocks")
     with pytest.raises(ValueError, match="min_t"):
         _draw("random", min_t=0.8, max_t=0.2)
+    with pytest.raises(ValueError, match="block sampling"):
+        _draw("block_all", block_sampling="sorted")
+
+
+@pytest.mark.parametrize("strategy", ["block_all", "block_random"])
+def test_stratified_equals_independent_with_one_mask_or_one_block(strategy):
+    """Same random numbers, same first block: a single mask, or a completion of one block (e.g. the Sudoku example's
+    20-token rollouts in one block), gives bit-identical masks under both choices."""
+    one = {s: _draw(strategy, num_masks=1, seed=2, p_mask_prompt=0.3, block_sampling=s)[-1] for s in BLOCK_SAMPLINGS}
+    assert torch.equal(one["independent"].noised, one["stratified"].noised)
+    completion_mask = torch.ones(5, 4, dtype=torch.long)  # one block of 4
+    draws = {
+        s: sample_masks(
+            torch.ones(5, 3, dtype=torch.long),
+            completion_mask,
+            num_masks=4,
+            strategy=strategy,
+            block_length=BLOCK,
+            p_mask_prompt=0.3,
+            block_sampling=s,
+            generator=torch.Generator().manual_seed(3),
+        )
+        for s in BLOCK_SAMPLINGS
+    }
+    assert torch.equal(draws["independent"].noised, draws["stratified"].noised)

@@ -1,5 +1,6 @@
 """Tests for the 4x4 Sudoku task (grids, puzzles, split, prompts, reward)."""
 
+import math
 import random
 
 import datasets
@@ -282,3 +283,50 @@ def test_reward_conversational_and_batched():
     assert all(isinstance(r, float) for r in rewards)
     with pytest.raises(ValueError):
         sudoku_reward(completions, [PUZZLE], [GRID])
+
+
+# --- accuracy and standard errors -------------------------------------------------------------------------------
+
+
+def test_ratio_stderr_by_unit_and_by_cluster():
+    from trl_spg.evaluation import ratio_stderr
+
+    # r = 8 / 10; unit residuals y - r x = -0.2, 0.8, -0.6; cluster residuals (7 - 6.4, 1 - 1.6) = 0.6, -0.6.
+    assert ratio_stderr([3, 4, 1], [4, 4, 2]) == pytest.approx(math.sqrt(1.04 * 3 / 2) / 10, abs=1e-15)
+    assert ratio_stderr([3, 4, 1], [4, 4, 2], clusters=["a", "a", "b"]) == pytest.approx(0.12, abs=1e-15)
+    assert ratio_stderr([3, 4, 1], [4, 4, 2], clusters=["a", "a", "a"]) == 0.0
+    assert ratio_stderr([], []) == 0.0
+    with pytest.raises(ValueError):
+        ratio_stderr([1, 2], [2, 2], clusters=["a"])
+
+
+# A second puzzle of GRID and a puzzle of another grid, 8 empty cells each.
+PUZZLE_B = "1030040201400301"
+GRID_2 = "2143341212344321"
+PUZZLE_2 = "2000301010044301"
+
+
+def _answer_with_wrong(puzzle, grid, wrong):
+    """An answer to ``puzzle`` with exactly ``wrong`` of its empty cells wrong."""
+    empty = [i for i, ch in enumerate(puzzle) if ch == "0"]
+    return f"<answer>{_with_cells(grid, empty[:wrong], _wrong)}</answer>"
+
+
+def test_sudoku_accuracy_and_paired_stderr_hand_computed():
+    from trl_spg.evaluation import paired_stderr, sudoku_accuracy
+
+    puzzles, solutions = [PUZZLE, PUZZLE_B, PUZZLE_2], [GRID, GRID, GRID_2]
+    assert [solve_count(p) for p in puzzles] == [1, 1, 1] and [p.count("0") for p in puzzles] == [8, 8, 8]
+    # Correct cells before: 6, 8, 2 of 8; after: 8, 8, 4 (per-puzzle differences 2, 0, 2; per grid 2 and 2).
+    before = [_answer_with_wrong(p, g, w) for p, g, w in zip(puzzles, solutions, [2, 0, 6])]
+    after = [_answer_with_wrong(p, g, w) for p, g, w in zip(puzzles, solutions, [0, 0, 4])]
+    result = sudoku_accuracy(before, puzzles, solutions)
+    assert (result["correct"], result["empty_cells"], result["puzzles"], result["grids"]) == (16, 24, 3, 2)
+    assert result["accuracy"] == pytest.approx(2 / 3, abs=1e-15)
+    # Residuals c - (2/3) n: 2/3, 8/3, -10/3 (puzzles); 10/3, -10/3 (grids).
+    assert result["stderr"] == pytest.approx(math.sqrt(28) / 24, abs=1e-15)
+    assert result["stderr_grid"] == pytest.approx(5 / 18, abs=1e-15)
+    # Difference 4 / 24 = 1/6; residuals d - n / 6: 2/3, -4/3, 2/3 (puzzles); -2/3, 2/3 (grids of 16 and 8 cells).
+    assert paired_stderr(before, after, puzzles, solutions) == pytest.approx(1 / 12, abs=1e-15)
+    assert paired_stderr(before, after, puzzles, solutions, by_grid=True) == pytest.approx(1 / 18, abs=1e-15)
+    assert paired_stderr(before, before, puzzles, solutions) == 0.0

@@ -1,5 +1,7 @@
 """Tests for the in-code tiny tokenizer / model (`trl_spg.tiny`) and the diffusion SFT warm start."""
 
+import math
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -205,3 +207,39 @@ def test_diffusion_sft_requires_mask_token(tokenizer):
             learning_rate=1e-3,
             generator=torch.Generator().manual_seed(0),
         )
+
+
+def test_diffusion_sft_learning_rate_schedules(tokenizer):
+    from trl_spg.warm_start import LR_SCHEDULES
+
+    # Multipliers at steps 1..4 of 4: constant, linear to 0, half a cosine to 0.
+    assert [LR_SCHEDULES["constant"](step, 4) for step in range(1, 5)] == [1.0] * 4
+    assert [LR_SCHEDULES["linear"](step, 4) for step in range(1, 5)] == [1.0, 0.75, 0.5, 0.25]
+    cosine = [LR_SCHEDULES["cosine"](step, 4) for step in range(1, 5)]
+    assert cosine == pytest.approx([1.0, 0.5 + 0.5 * math.sqrt(0.5), 0.5, 0.5 - 0.5 * math.sqrt(0.5)], abs=1e-15)
+
+    def run(schedule, steps):
+        model = build_tiny_diffusion_lm(tokenizer, seed=1)
+        losses = diffusion_sft(
+            model,
+            tokenizer,
+            PROMPTS,
+            COMPLETIONS,
+            completion_length=COMPLETION_LENGTH,
+            num_steps=steps,
+            batch_size=2,
+            learning_rate=1e-2,
+            lr_schedule=schedule,
+            generator=torch.Generator().manual_seed(3),
+        )
+        return losses, model.lm_head.weight.detach().clone()
+
+    # One step: every schedule starts at the full learning rate; after two, the decayed ones have moved less.
+    one = [run(schedule, 1) for schedule in ("constant", "linear", "cosine")]
+    assert all(torch.equal(one[0][1], other[1]) for other in one[1:])
+    start = build_tiny_diffusion_lm(tokenizer, seed=1).lm_head.weight.detach()
+    (losses_c, constant), (losses_l, linear) = run("constant", 2), run("linear", 2)
+    assert losses_c[0] == losses_l[0] and not torch.equal(constant, linear)
+    assert (linear - start).norm() < (constant - start).norm()
+    with pytest.raises(ValueError, match="lr_schedule"):
+        run("step", 1)

@@ -43,13 +43,17 @@ def test_example_runs_two_steps_and_writes_artefacts(tmp_path):
             "true",
         ]
     )
-    assert set(results) == {"before", "after", "paired_stderr", "curve"}
+    assert set(results) == {"before", "after", "difference", "paired_stderr", "paired_stderr_grid", "curve"}
     # Greedy evaluation is deterministic: the curve's last point is the final model's accuracy.
     assert [point["step"] for point in results["curve"]] == [1, 2]
-    assert results["curve"][-1]["accuracy"] == results["after"]["accuracy"]
-    assert results["before"]["puzzles"] == 8 and 0.0 <= results["after"]["accuracy"] <= 1.0
+    last = {"step": 2, **{key: results["after"][key] for key in ("accuracy", "stderr", "stderr_grid")}}
+    assert results["curve"][-1] == last
+    assert results["difference"] == results["after"]["accuracy"] - results["before"]["accuracy"]
+    # The first 8 held-out puzzles, made round-robin from 8 distinct test grids.
+    assert (results["before"]["puzzles"], results["before"]["grids"]) == (8, 8)
     summary = json.loads((out / "sudoku_results.json").read_text())
     assert summary["before"]["empty_cells"] == 64 and len(summary["curve"]) == 2
+    assert summary["paired_stderr_grid"] == results["paired_stderr_grid"]
     assert (out / "reward_curve.png").stat().st_size > 0
     assert (out / "README.md").exists() and (out / "model.safetensors").exists()
     # The warm start is cached: a second build loads it instead of training.
@@ -100,3 +104,32 @@ def test_update_direction_benchmark_runs_at_toy_size(tmp_path):
         assert -1.0 <= entry["cosine"] <= 1.0 and -1.0 <= entry["sign_agreement"] <= 1.0
         assert abs(entry["step_gain"]) <= 1.0
     assert json.loads((tmp_path / "r.json").read_text()) == results
+
+
+def test_seeds_script_runs_the_example_and_tabulates_its_results(tmp_path, capsys):
+    path = EXAMPLE.parents[1] / "benchmarks" / "sudoku_seeds.py"
+    spec = importlib.util.spec_from_file_location("sudoku_seeds", path)
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    toy = "--tiny_warm_start_steps 2 --max_steps 1 --per_device_train_batch_size 8 --num_generations 4"
+    toy += " --eval_puzzles 12 --use_cpu true --num_threads 1"
+    root = tmp_path / "runs"
+    rows = seeds.main(
+        ["--seeds", "3", "--launcher", "python", "--output_root", str(root), "--output", str(tmp_path / "rows.json")]
+        + ["--", *toy.split()]
+    )
+    saved = json.loads((root / "seed-3" / "sudoku_results.json").read_text())
+    assert len(rows) == 1 and rows[0]["seed"] == 3 and rows[0]["wall_s"] > 0
+    assert {k: rows[0][k] for k in saved} == saved
+    assert (saved["before"]["puzzles"], saved["before"]["grids"]) == (12, 12)
+    # A fresh warm-start cache in the seed's folder, and the run's own log beside its results.
+    assert len(list((root / "seed-3" / "cache").glob("tiny-sudoku-*"))) == 1
+    assert "Held-out Sudoku accuracy (12 puzzles" in (root / "seed-3" / "run.log").read_text()
+    table = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert table[0].startswith("| seed | before RL | after RL | gain |")
+    before, after = saved["before"]["accuracy"], saved["after"]["accuracy"]
+    cells = [cell.strip() for cell in table[2].strip("|").split("|")]
+    assert cells[:4] == ["3", f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"]
+    assert cells[4] == f"{saved['paired_stderr_grid']:.4f} ({saved['paired_stderr']:.4f})"
+    assert json.loads((tmp_path / "rows.json").read_text())[0]["difference"] == saved["difference"]
+    assert seeds._flag_value(["--output_dir", "a", "--output_dir=b"], "--output_dir") == "b"

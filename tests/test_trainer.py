@@ -7,13 +7,12 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
-from tiny_models import char_variety, make_args, tiny_bidirectional_llama
-from transformers import LlamaConfig, LlamaModel, PreTrainedModel, TrainerCallback
-from transformers.modeling_outputs import CausalLMOutput
+from tiny_models import BareDiffusionLM, char_variety, make_args, tiny_bidirectional_llama
+from transformers import TrainerCallback
 from trl.rewards import get_soft_overlong_punishment, think_format_reward
 
 import trl_spg.objective as objective_module
-from trl_spg import SPGTrainer
+from trl_spg import SPGTrainer, WD1Trainer
 from trl_spg.masking import sample_masks
 from trl_spg.objective import SPGObjective
 from trl_spg.seeding import make_generator
@@ -286,23 +285,6 @@ def test_model_from_path_loads_tokenizer(tmp_path, tiny_model, tiny_tokenizer, p
     trainer.train()
 
 
-class BareDiffusionLM(PreTrainedModel):
-    """A masked diffusion LM that is not a GenerationMixin (like LLaDA's remote code)."""
-
-    config_class = LlamaConfig
-    _supports_sdpa = True
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.backbone = LlamaModel(config)
-        self.head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return CausalLMOutput(logits=self.head(hidden))
-
-
 def test_non_generation_mixin_model(tmp_path, tiny_tokenizer, prompt_dataset):
     config = tiny_bidirectional_llama(vocab_size=len(tiny_tokenizer)).config
     config.mask_token_id = tiny_tokenizer.mask_token_id
@@ -541,8 +523,12 @@ def test_rejects_options_that_bypass_diffusion_rollouts(tmp_path, tiny_model, ti
         )
 
 
-def test_fast_rollout_options_reach_the_sampler(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, monkeypatch):
-    import trl_spg.trainer as trainer_module
+@pytest.mark.parametrize("trainer_class", [SPGTrainer, WD1Trainer])
+def test_fast_rollout_options_reach_the_sampler(
+    tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, monkeypatch, trainer_class
+):
+    """The `rollout_*` fields live in `DiffusionGRPOConfig`, so every trainer's rollouts use them."""
+    import trl_spg.diffusion_trainer as trainer_module
 
     calls, sampler = [], trainer_module.diffusion_generate
 
@@ -553,6 +539,7 @@ def test_fast_rollout_options_reach_the_sampler(tmp_path, tiny_model, tiny_token
     monkeypatch.setattr(trainer_module, "diffusion_generate", recording)
     args = make_args(
         tmp_path,
+        config_class=trainer_class.config_class,
         max_steps=1,
         rollout_decoding="threshold",
         rollout_threshold=0.5,
@@ -560,7 +547,7 @@ def test_fast_rollout_options_reach_the_sampler(tmp_path, tiny_model, tiny_token
         rollout_kv_cache="dual",
         rollout_cache_refresh_every=2,
     )
-    trainer = SPGTrainer(
+    trainer = trainer_class(
         tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
     )
     trainer.train()
@@ -568,4 +555,4 @@ def test_fast_rollout_options_reach_the_sampler(tmp_path, tiny_model, tiny_token
     options = {key: calls[0][key] for key in ("decoding", "threshold", "min_tokens_per_step", "kv_cache")}
     assert options == {"decoding": "threshold", "threshold": 0.5, "min_tokens_per_step": 1, "kv_cache": "dual"}
     assert calls[0]["cache_refresh_every"] == 2
-    assert "spg/elbo" in trainer.state.log_history[0]
+    assert trainer.state.global_step == 1 and "loss" in trainer.state.log_history[0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from transformers import LlamaConfig, LlamaModel, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
 
 from trl_spg import SPGConfig
 from trl_spg.tiny import bidirectional_llama
@@ -23,6 +25,31 @@ def tiny_bidirectional_llama(vocab_size: int = 8, seed: int = 0, hidden_size: in
     return model
 
 
+class BareDiffusionLM(PreTrainedModel):
+    """A language model outside transformers' classes that is no GenerationMixin (like LLaDA's remote code).
+
+    ``backbone_is_causal`` overrides the backbone's attention direction without recording it in the model's own
+    config, as remote code that says nothing about causality does.
+    """
+
+    config_class = LlamaConfig
+    _supports_sdpa = True
+
+    def __init__(self, config, backbone_is_causal: bool | None = None):
+        super().__init__(config)
+        backbone_config = config
+        if backbone_is_causal is not None:
+            backbone_config = LlamaConfig(**config.to_dict())
+            backbone_config.is_causal = backbone_is_causal
+        self.backbone = LlamaModel(backbone_config)
+        self.head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return CausalLMOutput(logits=self.head(hidden))
+
+
 class ConstantLogits(torch.nn.Module):
     """A 'model' whose logits are the same vector at every position, whatever the input."""
 
@@ -39,7 +66,8 @@ def char_variety(completions, **kwargs):
     return [float(len(set(text))) for text in completions]
 
 
-def make_args(tmp_path, **overrides):
+def make_args(tmp_path, config_class=SPGConfig, **overrides):
+    """A small, fast config of ``config_class`` (SPG's by default) for the trainer tests."""
     options = dict(
         output_dir=str(tmp_path / "out"),
         report_to="none",
@@ -58,7 +86,7 @@ def make_args(tmp_path, **overrides):
         seed=0,
     )
     options.update(overrides)
-    return SPGConfig(**options)
+    return config_class(**options)
 
 
 def tiny_bidirectional_qwen2(vocab_size: int = 16, seed: int = 0, hidden_size: int = 32, layers: int = 2):

@@ -225,6 +225,15 @@ def dream_to_qwen2_config(config: dict) -> Qwen2Config:
     if config.get("torch_dtype") is not None and fields.get("dtype") is None:
         fields["dtype"] = config["torch_dtype"]
     fields.update(is_causal=False, use_cache=False)
+    if fields.get("use_sliding_window"):
+        # Dream's own attention never applies a window, whatever its config says; Qwen2 would.
+        warnings.warn(
+            "This Dream config sets use_sliding_window=true, which Dream's own code ignores; the converted model is "
+            "written with use_sliding_window=false so that it computes what Dream computes.",
+            stacklevel=3,
+        )
+    fields.update(use_sliding_window=False, sliding_window=None)
+    fields.pop("layer_types", None)  # every layer attends to the whole sequence
     qwen2 = Qwen2Config(**fields)
     qwen2.logits_shift = 1  # the logit for token i sits at position i - 1; see trl_spg.modeling.forward_logits
     return qwen2

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trl import GRPOConfig
-
 from .bounds import NEGATIVE_BOUNDS
-from .masking import MASKING_STRATEGIES
-from .sampler import DECODING_MODES, KV_CACHES, REMASKING_STRATEGIES, decoding_option_problems
+from .diffusion_config import PAPER_BLOCK_LENGTH, DiffusionGRPOConfig
+from .masking import BLOCK_SAMPLINGS, MASKING_STRATEGIES
+
+__all__ = ["PAPER_BLOCK_LENGTH", "SPGConfig"]
+#: GRPO loss options that SPG's loss does not use: setting them only earns a warning.
+_IGNORED_GRPO_FIELDS = ("loss_type", "epsilon", "epsilon_high", "importance_sampling_level")
 
 
 @dataclass
-class SPGConfig(GRPOConfig):
+class SPGConfig(DiffusionGRPOConfig):
     r"""
-    Configuration class for [`SPGTrainer`]: everything in TRL's `GRPOConfig`, plus SPG's settings.
+    Configuration class for [`SPGTrainer`]: everything in TRL's `GRPOConfig` and the diffusion decoding settings of
+    [`DiffusionGRPOConfig`], plus SPG's settings.
 
     SPG maximises a lower bound (ELBO) of the log-likelihood of samples with positive advantage and minimises an
     upper bound (EUBO, or an ELBO/EUBO mixture) for the others, both estimated with Monte Carlo masking; rollouts
@@ -23,38 +26,8 @@ class SPGConfig(GRPOConfig):
     `importance_sampling_level` are ignored.
 
     Parameters:
-        > Diffusion decoding (rollouts)
-
-        block_length (`int`, *optional*, defaults to `32`):
-            Tokens per block of semi-autoregressive decoding; blocks are decoded left to right. Must divide
-            `max_completion_length`. Also the block size of the `block_*` masking strategies.
-        diffusion_steps (`int`, *optional*, defaults to `128`):
-            Denoising steps (model forwards) per rollout, split evenly over the blocks; must be a multiple of
-            `max_completion_length / block_length`.
-        remasking (`str`, *optional*, defaults to `"low_confidence"`):
-            Which masked positions of the current block are revealed at each step: the most confident
-            (`"low_confidence"`) or uniformly random ones (`"random"`).
-        mask_token_id (`int` or `None`, *optional*, defaults to `None`):
-            Id of the `[MASK]` token. `None` takes the tokenizer's mask token, else `model.config.mask_token_id`
-            (an error when both exist and differ).
-        rollout_decoding (`str`, *optional*, defaults to `"fixed"`):
-            `"fixed"`: the exact sampler, `diffusion_steps / num_blocks` forwards per block, each revealing a fixed
-            count. `"threshold"`: confidence-threshold parallel decoding (Fast-dLLM): each forward reveals every
-            masked position of the block whose candidate has probability >= `rollout_threshold`, and at least the
-            per-step minimum; a block ends as soon as it is revealed, so rollouts take at most as many forwards as
-            `"fixed"`. Approximate: rollouts are no longer exact draws of the fixed-schedule sampler.
-        rollout_threshold (`float`, *optional*, defaults to `0.9`):
-            Confidence threshold of `"threshold"` decoding, a probability in (0, 1].
-        rollout_min_tokens_per_step (`int` or `None`, *optional*, defaults to `None`):
-            Per-step minimum of `"threshold"` decoding. `None`: the fixed schedule's count for that step (so
-            `diffusion_steps` caps the forwards); an integer (Fast-dLLM uses 1): that many per step.
-        rollout_kv_cache (`str`, *optional*, defaults to `"none"`):
-            Block-wise approximate KV cache of the rollouts (`trl_spg.modeling.BlockKVCache`): `"prefix"` caches the
-            positions before the current block, `"dual"` also those after it; refreshed by a full forward at the
-            start of every block. Needs a transformers model (LLaDA / Dream as loaded by `trl_spg`).
-        rollout_cache_refresh_every (`int` or `None`, *optional*, defaults to `None`):
-            Also refresh the KV cache every this many forwards within a block (`None`: only at block starts; `1`:
-            every forward, i.e. the exact sampler's logits).
+        (`block_length`, `diffusion_steps`, `remasking`, `mask_token_id` and the fast rollout modes `rollout_*` are
+        [`DiffusionGRPOConfig`]'s.)
 
         > SPG objective
 
@@ -78,6 +51,11 @@ class SPGConfig(GRPOConfig):
             Upper end of the masked fraction.
         p_mask_prompt (`float`, *optional*, defaults to `0.15`):
             Probability of masking each clean token before the chosen block (prompt, earlier blocks).
+        block_sampling (`str`, *optional*, defaults to `"stratified"`):
+            How the `block_*` strategies choose the block of each of a completion's `num_mc_masks` masks:
+            `"stratified"` (the masks take the blocks of one random permutation in turn, so they differ where
+            possible) or `"independent"` (each uniformly on its own). Both estimate the same ELBO;
+            `"stratified"` measured lower ELBO and EUBO variance (`benchmarks/block_sampling_variance.py`).
 
         > Defaults that differ from `GRPOConfig`
 
@@ -86,52 +64,9 @@ class SPGConfig(GRPOConfig):
         temperature: `0.9`; max_completion_length: `256`; learning_rate: `3e-6`.
     """
 
-    _VALID_DICT_FIELDS = GRPOConfig._VALID_DICT_FIELDS
+    _ignored_grpo_fields = _IGNORED_GRPO_FIELDS
+    _ignored_reason = "SPG's loss has no importance ratio or clipping."
 
-    block_length: int = field(
-        default=32,
-        metadata={"help": "Tokens per block of semi-autoregressive decoding; must divide max_completion_length."},
-    )
-    diffusion_steps: int = field(
-        default=128,
-        metadata={"help": "Denoising steps per rollout; a multiple of max_completion_length / block_length."},
-    )
-    remasking: str = field(
-        default="low_confidence",
-        metadata={"help": "Positions revealed at each step.", "choices": list(REMASKING_STRATEGIES)},
-    )
-    mask_token_id: int | None = field(
-        default=None,
-        metadata={"help": "Id of the [MASK] token; default: the tokenizer's mask token, else model.config's."},
-    )
-    rollout_decoding: str = field(
-        default="fixed",
-        metadata={
-            "help": "Rollout decoding: 'fixed' (exact sampler) or 'threshold' (confidence-threshold parallel decoding).",
-            "choices": list(DECODING_MODES),
-        },
-    )
-    rollout_threshold: float = field(
-        default=0.9,
-        metadata={"help": "Confidence threshold of 'threshold' rollout decoding, a probability in (0, 1]."},
-    )
-    rollout_min_tokens_per_step: int | None = field(
-        default=None,
-        metadata={
-            "help": "Per-step minimum of 'threshold' rollout decoding; default: the fixed schedule's count per step."
-        },
-    )
-    rollout_kv_cache: str = field(
-        default="none",
-        metadata={
-            "help": "Block-wise approximate KV cache of the rollouts: 'none' (exact), 'prefix' or 'dual'.",
-            "choices": list(KV_CACHES),
-        },
-    )
-    rollout_cache_refresh_every: int | None = field(
-        default=None,
-        metadata={"help": "Also refresh the rollout KV cache every this many forwards of a block; default: never."},
-    )
     negative_bound: str = field(
         default="mix",
         metadata={"help": "Bound for samples with non-positive advantage.", "choices": list(NEGATIVE_BOUNDS)},
@@ -148,41 +83,28 @@ class SPGConfig(GRPOConfig):
     p_mask_prompt: float = field(
         default=0.15, metadata={"help": "Probability of masking each clean token before the chosen block."}
     )
+    block_sampling: str = field(
+        default="stratified",
+        metadata={
+            "help": "Block choice of a completion's Monte Carlo masks: 'stratified' (different blocks where "
+            "possible) or 'independent'.",
+            "choices": list(BLOCK_SAMPLINGS),
+        },
+    )
 
     # GRPOConfig fields whose defaults follow the SPG paper.
-    scale_rewards: str = field(
-        default="none", metadata={"help": "Advantage scaling; SPG uses raw group-centred rewards ('none')."}
-    )
     beta: float = field(default=0.0, metadata={"help": "KL coefficient; SPG supports only 0."})
-    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of the rollouts."})
-    max_completion_length: int | None = field(default=256, metadata={"help": "Generated tokens per rollout."})
-    learning_rate: float = field(default=3e-6, metadata={"help": "Initial learning rate for AdamW."})
 
-    def __post_init__(self):
-        super().__post_init__()
-        problems = []
-        if self.use_vllm:
-            problems.append("use_vllm=True: vLLM decodes autoregressively; SPG rollouts use diffusion decoding.")
-        if self.use_transformers_continuous_batching or self.use_transformers_paged:
-            problems.append("transformers continuous batching is autoregressive; turn it off.")
+    def _problems(self) -> list[str]:
+        problems = super()._problems()
         if self.beta != 0:
             problems.append(f"beta={self.beta}: SPG has no KL penalty (the paper uses none); set beta=0.0.")
-        if self.remasking not in REMASKING_STRATEGIES:
-            problems.append(f"remasking={self.remasking!r}: choose one of {REMASKING_STRATEGIES}.")
-        problems.extend(
-            decoding_option_problems(
-                self.rollout_decoding,
-                self.rollout_threshold,
-                self.rollout_min_tokens_per_step,
-                self.rollout_kv_cache,
-                self.rollout_cache_refresh_every,
-                prefix="rollout_",
-            )
-        )
         if self.negative_bound not in NEGATIVE_BOUNDS:
             problems.append(f"negative_bound={self.negative_bound!r}: choose one of {NEGATIVE_BOUNDS}.")
         if self.masking_strategy not in MASKING_STRATEGIES:
             problems.append(f"masking_strategy={self.masking_strategy!r}: choose one of {MASKING_STRATEGIES}.")
+        if self.block_sampling not in BLOCK_SAMPLINGS:
+            problems.append(f"block_sampling={self.block_sampling!r}: choose one of {BLOCK_SAMPLINGS}.")
         if not 0.0 <= self.mix_weight <= 1.0:
             problems.append(f"mix_weight={self.mix_weight}: the mixture weight must lie in [0, 1].")
         if self.eubo_beta <= 0:
@@ -199,34 +121,6 @@ class SPGConfig(GRPOConfig):
             )
         if not 0.0 <= self.p_mask_prompt < 1.0:
             problems.append(f"p_mask_prompt={self.p_mask_prompt}: must lie in [0, 1).")
-        if self.max_completion_length is None or self.max_completion_length < 1:
-            problems.append("max_completion_length must be a positive number of generated tokens.")
-        elif self.block_length < 1 or self.max_completion_length % self.block_length:
-            problems.append(
-                f"block_length={self.block_length} must divide max_completion_length={self.max_completion_length}."
-            )
-        else:
-            num_blocks = self.max_completion_length // self.block_length
-            if self.diffusion_steps < num_blocks or self.diffusion_steps % num_blocks:
-                problems.append(
-                    f"diffusion_steps={self.diffusion_steps} must be a positive multiple of the number of blocks "
-                    f"({num_blocks} = max_completion_length / block_length)."
-                )
         # GRPO options that would change the objective but that SPG's loss does not implement.
-        if self.top_entropy_quantile != 1.0:
-            problems.append("top_entropy_quantile < 1: SPG has no per-token entropies to filter on; leave it at 1.0.")
-        if self.entropy_coef != 0 or self.use_adaptive_entropy:
-            problems.append("entropy bonuses are not part of SPG; set entropy_coef=0 and use_adaptive_entropy=False.")
-        if self.off_policy_mask_threshold is not None:
-            problems.append(
-                "off_policy_mask_threshold needs importance ratios, which SPG does not use; leave it None."
-            )
-        if self.delta is not None:
-            problems.append("delta clips importance ratios, which SPG does not use; leave it None.")
-        if self.top_k or self.top_p != 1.0 or self.min_p is not None or self.repetition_penalty != 1.0:
-            problems.append(
-                "top_k / top_p / min_p / repetition_penalty apply to autoregressive decoding; diffusion rollouts "
-                "use only temperature and remasking."
-            )
-        if problems:
-            raise ValueError("Invalid SPGConfig:\n- " + "\n- ".join(problems))
+        problems.extend(self._ratio_free_problems("SPG"))
+        return problems

@@ -1,15 +1,13 @@
 """Evaluation of a masked diffusion LM: batched greedy diffusion decoding and the paper's Sudoku accuracy.
 
-Command line (a model, optionally a PEFT adapter on top, evaluated on the held-out puzzles):
+Command line (any task of `trl_spg.tasks`, the paper's protocol; see `trl_spg.task_evaluation`):
 
-    python -m trl_spg.evaluation --model_name_or_path PATH_OR_ID [--adapter PATH] \
-        --gen_length 256 --block_length 32 --steps 128 [--prompt_style instruct --few_shot 3]
+    python -m trl_spg.evaluation --task gsm8k --model_name_or_path PATH_OR_ID [--adapter PATH] \
+        --gen_lengths 128 256 512 [--output_dir outputs/eval]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Sequence
 
@@ -21,11 +19,23 @@ from .tasks.sudoku import cell_accuracy, parse_answer
 
 
 def render_prompts(tokenizer, prompts: Sequence) -> list[str]:
-    """Prompt texts: plain strings as they are, conversations through the chat template (as TRL does)."""
-    return [
-        p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
+    """Prompt texts: plain strings as they are, conversations through the chat template (as TRL does).
+
+    A conversation ending with an assistant message is continued (``continue_final_message``): the reply starts
+    with that message's text, as in the paper's evaluation prompts that open the reply with ``<reasoning>``.
+    """
+    texts = []
+    for p in prompts:
+        if isinstance(p, str):
+            texts.append(p)
+            continue
+        prefilled = bool(p) and p[-1].get("role") == "assistant"
+        texts.append(
+            tokenizer.apply_chat_template(
+                p, tokenize=False, add_generation_prompt=not prefilled, continue_final_message=prefilled
+            )
+        )
+    return texts
 
 
 @torch.no_grad()
@@ -42,8 +52,17 @@ def generate_completions(
     mask_token_id: int | None = None,
     batch_size: int = 64,
     generator: torch.Generator | None = None,
+    decoding: str = "fixed",
+    threshold: float = 0.9,
+    min_tokens_per_step: int | None = None,
+    kv_cache: str = "none",
+    cache_refresh_every: int | None = None,
 ) -> list[str]:
-    """Decode ``prompts`` in left-padded batches; returns each completion's text up to its first EOS."""
+    """Decode ``prompts`` in left-padded batches; returns each completion's text up to its first EOS.
+
+    ``decoding``, ``threshold``, ``min_tokens_per_step``, ``kv_cache`` and ``cache_refresh_every`` are
+    `diffusion_generate`'s opt-in fast modes; their defaults are the exact sampler.
+    """
     mask_id = resolve_mask_token_id(model, tokenizer, mask_token_id)
     eos_ids = resolve_eos_token_ids(model, tokenizer)
     texts = render_prompts(tokenizer, prompts)
@@ -71,6 +90,11 @@ def generate_completions(
                 temperature=temperature,
                 remasking=remasking,
                 generator=generator,
+                decoding=decoding,
+                threshold=threshold,
+                min_tokens_per_step=min_tokens_per_step,
+                kv_cache=kv_cache,
+                cache_refresh_every=cache_refresh_every,
             )
             keep = completion_mask_from_ids(completion_ids, eos_ids).bool()
             for ids, row in zip(completion_ids.cpu(), keep.cpu()):
@@ -80,23 +104,86 @@ def generate_completions(
     return outputs
 
 
-def sudoku_accuracy(completions: Sequence[str], puzzles: Sequence[str], solutions: Sequence[str]) -> dict:
-    """The paper's Sudoku accuracy: correct empty cells / empty cells, pooled over all puzzles.
+def ratio_stderr(
+    numerators: Sequence[float], denominators: Sequence[float], clusters: Sequence | None = None
+) -> float:
+    """Standard error of the ratio estimate ``r = sum(numerators) / sum(denominators)`` over independent units.
 
-    ``stderr`` is the standard error of that ratio estimate over puzzles (a ratio of means:
-    ``sqrt(sum_p (c_p - acc * n_p)^2) / sum_p n_p``), which accounts for cells of one puzzle being correlated.
+    Each position is one unit (a puzzle); with ``clusters`` the units sharing a label are summed into one cluster
+    first (a solution grid), so correlated units do not count as independent. With ``y_g, x_g`` the sums of cluster
+    ``g`` and ``G`` clusters (the linearised ratio-of-means estimate):
+
+        SE = sqrt(G / (G - 1) * sum_g (y_g - r * x_g)^2) / sum_g x_g
+
+    0.0 when the denominators sum to 0; with a single cluster the ``G / (G - 1)`` factor is left out.
     """
-    counts = [
+    if len(numerators) != len(denominators):
+        raise ValueError(f"{len(numerators)} numerators but {len(denominators)} denominators")
+    if clusters is None:
+        pairs = list(zip(numerators, denominators))
+    else:
+        if len(clusters) != len(numerators):
+            raise ValueError(f"{len(clusters)} cluster labels for {len(numerators)} units")
+        sums: dict = {}
+        for y, x, label in zip(numerators, denominators, clusters):
+            total_y, total_x = sums.get(label, (0.0, 0.0))
+            sums[label] = (total_y + y, total_x + x)
+        pairs = list(sums.values())
+    total = sum(x for _, x in pairs)
+    if not total:
+        return 0.0
+    ratio = sum(y for y, _ in pairs) / total
+    count = len(pairs)
+    residual = sum((y - ratio * x) ** 2 for y, x in pairs)
+    return math.sqrt(residual * count / max(count - 1, 1)) / total
+
+
+def _cell_counts(completions: Sequence[str], puzzles: Sequence[str], solutions: Sequence[str]) -> list[tuple]:
+    return [
         cell_accuracy(parse_answer(text), puzzle, solution)
         for text, puzzle, solution in zip(completions, puzzles, solutions, strict=True)
     ]
+
+
+def sudoku_accuracy(completions: Sequence[str], puzzles: Sequence[str], solutions: Sequence[str]) -> dict:
+    """The paper's Sudoku accuracy: correct empty cells / empty cells, pooled over all puzzles.
+
+    Two standard errors of that ratio (`ratio_stderr`): ``stderr`` over puzzles (cells of one puzzle are
+    correlated, puzzles are taken as independent) and ``stderr_grid`` over solution grids (puzzles made from one
+    grid are correlated too; the safer figure when a grid has several puzzles). ``grids`` counts the grids.
+    """
+    counts = _cell_counts(completions, puzzles, solutions)
     correct = sum(c for c, _ in counts)
     total = sum(n for _, n in counts)
-    accuracy = correct / total if total else 0.0
-    n = len(counts)
-    residual = sum((c - accuracy * m) ** 2 for c, m in counts)
-    stderr = math.sqrt(residual * n / max(n - 1, 1)) / total if total else 0.0
-    return {"accuracy": accuracy, "stderr": stderr, "correct": correct, "empty_cells": total, "puzzles": n}
+    return {
+        "accuracy": correct / total if total else 0.0,
+        "stderr": ratio_stderr([c for c, _ in counts], [n for _, n in counts]),
+        "stderr_grid": ratio_stderr([c for c, _ in counts], [n for _, n in counts], clusters=solutions),
+        "correct": correct,
+        "empty_cells": total,
+        "puzzles": len(counts),
+        "grids": len(set(solutions)),
+    }
+
+
+def paired_stderr(
+    before: Sequence[str],
+    after: Sequence[str],
+    puzzles: Sequence[str],
+    solutions: Sequence[str],
+    *,
+    by_grid: bool = False,
+) -> float:
+    """Standard error of the accuracy difference ``after - before`` on the same puzzles (paired).
+
+    ``before`` / ``after`` are the two models' completions of the same puzzles. The unit is the per-puzzle
+    difference of correct cells (with its empty cells as denominator), or with ``by_grid`` the per-grid sum of those
+    differences, through `ratio_stderr`.
+    """
+    counts_before = _cell_counts(before, puzzles, solutions)
+    counts_after = _cell_counts(after, puzzles, solutions)
+    diffs = [a - b for (a, _), (b, _) in zip(counts_after, counts_before, strict=True)]
+    return ratio_stderr(diffs, [n for _, n in counts_before], clusters=solutions if by_grid else None)
 
 
 def evaluate_sudoku(
@@ -136,49 +223,10 @@ def evaluate_sudoku(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from .checkpoints import load_model_and_tokenizer
-    from .tasks.sudoku import few_shot_examples, sudoku_split
+    """The evaluation command line: see `trl_spg.task_evaluation` (any task; Sudoku when ``--task`` is omitted)."""
+    from .task_evaluation import main as task_main
 
-    parser = argparse.ArgumentParser(description="Sudoku accuracy of a masked diffusion LM (greedy decoding).")
-    parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--adapter", default=None, help="PEFT adapter (path or hub id) to load on top of the model.")
-    parser.add_argument("--gen_length", type=int, default=256)
-    parser.add_argument("--block_length", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=None, help="Denoising steps; default gen_length / 2.")
-    parser.add_argument("--prompt_style", choices=["compact", "instruct"], default="instruct")
-    parser.add_argument("--few_shot", type=int, default=3)
-    parser.add_argument("--num_puzzles", type=int, default=256)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--output", default=None, help="Write the result (with completions) as JSON here.")
-    args = parser.parse_args(argv)
-
-    model, tokenizer = load_model_and_tokenizer(args.model_name_or_path, dtype=args.dtype)
-    if args.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.adapter)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    train_rows, test_rows = sudoku_split()
-    examples = few_shot_examples(train_rows, args.few_shot) if args.few_shot else []
-    result = evaluate_sudoku(
-        model,
-        tokenizer,
-        test_rows[: args.num_puzzles],
-        prompt_style=args.prompt_style,
-        examples=examples,
-        gen_length=args.gen_length,
-        block_length=args.block_length,
-        steps=args.steps or args.gen_length // 2,
-        batch_size=args.batch_size,
-    )
-    summary = {k: v for k, v in result.items() if k != "completions"}
-    print(json.dumps(summary, indent=2))
-    if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=2)
-    return result
+    return task_main(argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 MASKING_STRATEGIES = ("all", "random", "block_all", "block_random")
+#: How the ``m`` masks of one completion choose their blocks (the ``block_*`` strategies).
+BLOCK_SAMPLINGS = ("independent", "stratified")
 
 
 @dataclass
@@ -63,6 +65,31 @@ def choose_k_of(candidates: torch.Tensor, k: torch.Tensor, u: torch.Tensor) -> t
     return candidates & (ranks < k.unsqueeze(-1))
 
 
+def stratified_blocks(num_blocks: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Blocks of the ``m`` masks of each row without replacement: (B, m) from ``num_blocks`` (B,) and uniforms (B, m).
+
+    Mask ``j < n`` takes a uniformly chosen block among the ``n - j`` its row's earlier masks left (the ``j``-th entry
+    of a uniform random permutation of the ``n`` content blocks); mask ``j >= n`` repeats mask ``j mod n``. Mask 0
+    gets the block the independent choice would draw from the same uniform, so a single mask or a single block gives
+    the independent choice's masks exactly. Rows without content count one block.
+    """
+    num_blocks = num_blocks.clamp(min=1)
+    batch, num_masks = u.shape
+    positions = torch.arange(int(num_blocks.max()) if batch else 1, device=u.device)
+    free = positions < num_blocks[:, None]
+    blocks = torch.zeros(batch, num_masks, dtype=torch.long, device=u.device)
+    for j in range(num_masks):
+        fresh = j < num_blocks
+        remaining = (num_blocks - j).clamp(min=1)
+        rank = uniform_count(torch.zeros_like(remaining), remaining - 1, u[:, j])
+        order = free.long().cumsum(-1) - 1  # rank of each free block among the free ones
+        pick = (free & (order == rank[:, None])).long().argmax(-1)
+        repeat = blocks.gather(1, (j % num_blocks)[:, None])[:, 0]
+        blocks[:, j] = torch.where(fresh, pick, repeat)
+        free = free & ~((positions == pick[:, None]) & fresh[:, None])
+    return blocks
+
+
 def sample_masks(
     prompt_mask: torch.Tensor,
     completion_mask: torch.Tensor,
@@ -73,6 +100,7 @@ def sample_masks(
     min_t: float = 0.0,
     max_t: float = 1.0,
     p_mask_prompt: float = 0.0,
+    block_sampling: str = "stratified",
     generator: torch.Generator,
 ) -> MonteCarloMasks:
     """Draw ``num_masks`` Monte Carlo masks per completion with one of SPG's strategies.
@@ -87,6 +115,14 @@ def sample_masks(
     * ``block_random``: as ``block_all``, but inside block ``b`` only ``k ~ U{count_range(n_b)}`` uniformly chosen
       of its ``n_b`` content tokens are masked; later blocks stay fully masked.
 
+    Block choice (``block_sampling``, block strategies only): with ``"independent"`` each of the ``m`` masks draws its
+    block uniformly and independently; with ``"stratified"`` the masks of one completion take the blocks of one
+    uniformly random permutation of its ``n`` content blocks in turn (mask ``j`` gets ``perm[j mod n]``, see
+    `stratified_blocks`), so they cover ``min(m, n)`` different blocks and no block is used twice before every block
+    has been used once. Each mask's block is still uniform over the content blocks, so every per-mask term, and the
+    ELBO estimate (their mean), has the same expectation under both choices; only the dependence between the ``m``
+    masks changes. Both consume the same random numbers, and with one mask or one content block they coincide.
+
     Prompt perturbation: every clean token before the chosen block (prompt tokens, and with the block strategies
     the clean earlier completion blocks) is masked independently with probability ``p_mask_prompt``; masked
     completion tokens among them are scored like any other masked token.
@@ -99,6 +135,8 @@ def sample_masks(
         raise ValueError("num_masks and block_length must be positive.")
     if not 0.0 <= min_t <= max_t <= 1.0:
         raise ValueError(f"Need 0 <= min_t <= max_t <= 1, got min_t={min_t}, max_t={max_t}.")
+    if block_sampling not in BLOCK_SAMPLINGS:
+        raise ValueError(f"Unknown block sampling {block_sampling!r}; choose one of {BLOCK_SAMPLINGS}.")
 
     device = completion_mask.device
     batch, width = completion_mask.shape
@@ -117,9 +155,11 @@ def sample_masks(
         before = torch.zeros_like(content)
     else:
         num_blocks = (length + block_length - 1) // block_length
-        block = uniform_count(
-            torch.zeros_like(num_blocks), num_blocks - 1, _uniform(num_blocks.shape, generator, device)
-        )
+        u = _uniform(num_blocks.shape, generator, device)  # one uniform per mask under both block choices
+        if block_sampling == "stratified":
+            block = stratified_blocks(num_blocks[:, 0], u)
+        else:
+            block = uniform_count(torch.zeros_like(num_blocks), num_blocks - 1, u)
         start = (block * block_length)[..., None]
         in_block = (position >= start) & (position < start + block_length)
         after = position >= start + block_length
@@ -144,6 +184,33 @@ def sample_masks(
 
     noised = torch.cat([noised_prompt, masked | ~content], dim=-1)
     return MonteCarloMasks(noised=noised, scored=masked & content)
+
+
+def one_step_masks(
+    prompt_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    p_mask_prompt: float,
+    num_draws: int = 1,
+    generator: torch.Generator,
+) -> MonteCarloMasks:
+    """d1's one-step masks: the whole completion masked, each real prompt token masked with ``p_mask_prompt``.
+
+    ``num_draws`` independent draws, (B, num_draws, P + C): one per inner iteration of diffu-GRPO, so that each
+    iteration scores the completions against a fresh perturbation of the prompt (Zhao et al., 2025, "d1: Scaling
+    Reasoning in Diffusion Large Language Models via Reinforcement Learning", arXiv 2504.12216). Each draw is
+    `sample_masks` with strategy ``all``.
+    """
+    draws = [
+        sample_masks(
+            prompt_mask, completion_mask, num_masks=1, strategy="all", p_mask_prompt=p_mask_prompt, generator=generator
+        )
+        for _ in range(num_draws)
+    ]
+    return MonteCarloMasks(
+        noised=torch.cat([draw.noised for draw in draws], dim=1),
+        scored=torch.cat([draw.scored for draw in draws], dim=1),
+    )
 
 
 def apply_masks(input_ids: torch.Tensor, noised: torch.Tensor, mask_token_id: int) -> torch.Tensor:

@@ -269,6 +269,34 @@ class BlockKVCache:
         return logits
 
 
+def attends_bidirectionally(model) -> bool:
+    """Whether a model's attention is bidirectional, as a masked diffusion LM's must be.
+
+    Read from the (text) config's ``is_causal`` where it says so; transformers' own classes are causal when the field
+    is absent. For other models (remote code) a cheap probe decides: changing the last of three tokens must change
+    the logits at the first position.
+    """
+    inner = unwrap_model(model) if isinstance(model, nn.Module) else model
+    config = getattr(inner, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    is_causal = getattr(text_config, "is_causal", None)
+    if is_causal is not None:
+        return not is_causal
+    if type(inner).__module__.startswith("transformers."):
+        return False
+    device = next(inner.parameters()).device
+    vocab = getattr(text_config, "vocab_size", None) or 3
+    ids = torch.tensor([[0, 1 % vocab, 1 % vocab], [0, 1 % vocab, 2 % vocab]], device=device)
+    was_training = inner.training
+    inner.eval()
+    try:
+        with torch.no_grad():
+            logits = forward_logits(inner, ids, torch.ones_like(ids), keep=torch.tensor([0], device=device))
+    finally:
+        inner.train(was_training)
+    return not torch.allclose(logits[0].float(), logits[1].float())
+
+
 def resolve_mask_token_id(model: torch.nn.Module, tokenizer, mask_token_id: int | None = None) -> int:
     """Return the id of the mask token: explicit argument, else `tokenizer.mask_token_id`, else the model config's.
 

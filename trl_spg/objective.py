@@ -40,6 +40,7 @@ class SPGObjective:
     min_mask_ratio: float = 0.0
     max_mask_ratio: float = 1.0
     p_mask_prompt: float = 0.15
+    block_sampling: str = "stratified"
 
     @classmethod
     def from_config(cls, config) -> SPGObjective:
@@ -56,6 +57,7 @@ class SPGObjective:
             min_t=self.min_mask_ratio,
             max_t=self.max_mask_ratio,
             p_mask_prompt=self.p_mask_prompt,
+            block_sampling=self.block_sampling,
             generator=generator,
         )
 

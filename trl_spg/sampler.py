@@ -48,6 +48,14 @@ REMASKING_STRATEGIES = ("low_confidence", "random")
 DECODING_MODES = ("fixed", "threshold")
 #: Block-wise KV cache of the fast modes (``"none"``: the exact full forward at every step).
 KV_CACHES = ("none", *KV_CACHE_MODES)
+#: The fast-mode keywords of `diffusion_generate` at their defaults, which are the exact sampler.
+EXACT_DECODING = {
+    "decoding": "fixed",
+    "threshold": 0.9,
+    "min_tokens_per_step": None,
+    "kv_cache": "none",
+    "cache_refresh_every": None,
+}
 
 
 def reveal_schedule(num_masked: int, steps: int) -> list[int]:
@@ -299,6 +307,10 @@ def _decode_block_by_threshold(
         canvas[rows, start : start + block_length] = current.scatter(1, masked_at, revealed)
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def decoding_option_problems(
     decoding: str,
     threshold: float,
@@ -309,7 +321,7 @@ def decoding_option_problems(
 ) -> list[str]:
     """What is wrong with the fast-decoding options of `diffusion_generate` (empty when they are valid).
 
-    ``prefix`` is put before every option name in the messages (``"rollout_"`` for `SPGConfig`'s fields).
+    ``prefix`` is put before every option name in the messages (``"rollout_"`` for `DiffusionGRPOConfig`'s fields).
     """
     problems = []
     if decoding not in DECODING_MODES:
@@ -319,14 +331,14 @@ def decoding_option_problems(
     if min_tokens_per_step is not None:
         if decoding != "threshold":
             problems.append(f"{prefix}min_tokens_per_step applies to {prefix}decoding='threshold' only.")
-        elif min_tokens_per_step < 1:
+        elif not _positive_int(min_tokens_per_step):
             problems.append(f"{prefix}min_tokens_per_step={min_tokens_per_step}: at least 1 (or None).")
     if kv_cache not in KV_CACHES:
         problems.append(f"{prefix}kv_cache={kv_cache!r}: choose one of {KV_CACHES}.")
     if cache_refresh_every is not None:
         if kv_cache == "none":
             problems.append(f"{prefix}cache_refresh_every needs {prefix}kv_cache 'prefix' or 'dual'.")
-        elif cache_refresh_every < 1:
+        elif not _positive_int(cache_refresh_every):
             problems.append(f"{prefix}cache_refresh_every={cache_refresh_every}: at least 1 (or None).")
     return problems
 

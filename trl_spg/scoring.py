@@ -108,6 +108,22 @@ def token_logprobs(
     return _TokenLogprobs.apply(logits, targets, int(chunk_rows), inplace_backward)
 
 
+@torch.no_grad()
+def token_entropies(logits: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` at every position, in float32 and without gradient: ``logits.shape[:-1]``.
+
+    Normalised ``chunk_size`` rows at a time (default: `default_chunk_rows`), so the only vocabulary-sized temporaries
+    are one chunk's; ``-inf`` logits contribute nothing.
+    """
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    entropies = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    chunk_rows = chunk_size or default_chunk_rows(flat.shape[0], vocab, flat.device)
+    for rows in _row_chunks(flat.shape[0], chunk_rows):
+        entropies[rows] = torch.special.entr(flat[rows].float().softmax(-1)).sum(-1)
+    return entropies.reshape(logits.shape[:-1])
+
+
 def masked_token_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -117,11 +133,13 @@ def masked_token_logprobs(
     mask_token_id: int,
     *,
     chunk_size: int | None = None,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``l_{i,tau} = log pi(x_i | z^tau, c)`` for every completion position: (B, m, C), float32.
 
     The ``m`` masked copies of each sequence go through the model as one batch of ``B * m`` rows; logits are only
-    requested for the completion positions. Values at unscored positions are computed but carry no meaning.
+    requested for the completion positions. Values at unscored positions are computed but carry no meaning. With
+    ``with_entropy``, also the entropy of every predicted distribution (`token_entropies`, no gradient): a pair.
 
     Memory: the logits are the only vocabulary-sized tensor. `token_logprobs` normalises them
     ``chunk_size`` positions at a time and, since nothing else reads them, writes their gradient over them in the
@@ -135,6 +153,47 @@ def masked_token_logprobs(
     attention_mask = attention_mask.repeat_interleave(num_masks, dim=0)
     keep = torch.arange(prompt_width, prompt_width + completion_width, device=input_ids.device)
     logits = forward_logits(model, noisy, attention_mask, keep=keep)
+    entropies = token_entropies(logits, chunk_size=chunk_size) if with_entropy else None  # before the backward
     targets = completion_ids.repeat_interleave(num_masks, dim=0)
     token_logps = token_logprobs(logits, targets, chunk_size=chunk_size, inplace_backward=True)
-    return token_logps.reshape(batch, num_masks, completion_width)
+    token_logps = token_logps.reshape(batch, num_masks, completion_width)
+    if with_entropy:
+        return token_logps, entropies.reshape(batch, num_masks, completion_width)
+    return token_logps
+
+
+def one_step_token_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    noised: torch.Tensor,
+    mask_token_id: int,
+    *,
+    chunk_size: int | None = None,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """d1's one-step mean-field estimate ``log pi(o_k | q')`` of every completion token: (B, C), float32.
+
+    One forward of the sequence with the whole completion masked and the prompt perturbed by ``noised`` (B, P + C),
+    a draw of `trl_spg.masking.one_step_masks`; each completion token's log-probability is read off the logits at its
+    position (Zhao et al., 2025, "d1: Scaling Reasoning in Diffusion Large Language Models via Reinforcement
+    Learning", arXiv 2504.12216, Sec. 3). Their sum over the completion is d1's mean-field sequence log-likelihood,
+    also wd1's (Tang et al., 2025, arXiv 2507.08838). With ``with_entropy``, the entropies too (no gradient).
+    """
+    completion_width = completion_ids.shape[1]
+    content = torch.ones(noised.shape[0], 1, completion_width, dtype=torch.bool, device=noised.device)
+    masks = MonteCarloMasks(noised=noised[:, None], scored=content)
+    result = masked_token_logprobs(
+        model,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        masks,
+        mask_token_id,
+        chunk_size=chunk_size,
+        with_entropy=with_entropy,
+    )
+    if with_entropy:
+        return result[0][:, 0], result[1][:, 0]
+    return result[:, 0]

@@ -1,12 +1,13 @@
 """`SPGTrainer`: TRL's `GRPOTrainer` with diffusion rollouts and SPG's sandwiched likelihood bounds.
 
-Only three GRPO hooks change:
+Only three GRPO hooks change, the first two in the shared base class `DiffusionGRPOTrainer`
+(`trl_spg.diffusion_trainer`):
 
 * ``_generate_single_turn``: rollouts come from semi-autoregressive diffusion decoding (`trl_spg.sampler`);
 * ``_get_per_token_logps_and_entropies``: SPG uses no importance ratio, so the old-policy log-probs GRPO asks
   for are never computed (a masked diffusion LM has no per-token autoregressive log-probs anyway);
-* ``_compute_loss``: the SPG loss ``-sum_j A_j L_j bound_j / sum_j L_j`` with bounds estimated from fresh Monte
-  Carlo masks (`trl_spg.masking`, `trl_spg.bounds`).
+* ``_compute_loss`` (here): the SPG loss ``-sum_j A_j L_j bound_j / sum_j L_j`` with bounds estimated from fresh Monte
+  Carlo masks (`trl_spg.objective.SPGObjective`).
 
 Prompt formatting, reward functions, advantages, buffering over ``steps_per_generation`` / ``num_iterations``,
 logging, PEFT and distributed training are TRL's.
@@ -14,229 +15,14 @@ logging, PEFT and distributed training are TRL's.
 
 from __future__ import annotations
 
-import os
+import math
 
 import torch
-from transformers import GenerationConfig
-from trl import GRPOTrainer
-from trl.models.utils import unwrap_model_for_generation
-from trl.trainer.utils import pad
 
-from .checkpoints import resolve_checkpoint
 from .config import SPGConfig
-from .model_card import spg_model_card
-from .modeling import resolve_mask_token_id, unwrap_model
+from .diffusion_trainer import DiffusionGRPOTrainer
+from .model_card import SPG_METHOD
 from .objective import SPGObjective
-from .sampler import completion_mask_from_ids, diffusion_generate
-from .seeding import make_generator
-
-
-class SPGTrainer(GRPOTrainer):
-    """Trainer for SPG (Sandwiched Policy Gradient) on masked diffusion language models.
-
-    A drop-in replacement for `trl.GRPOTrainer`: same arguments, same reward functions and datasets, with an
-    [`SPGConfig`]. ``model`` is a model instance or a hub id / local path (loaded with ``args.model_init_kwargs``);
-    models that are not a ``GenerationMixin`` work too. Pass ``peft_config`` (or a ``PeftModel``) to train LoRA
-    adapters.
-    """
-
-    _tag_names = ["trl", "spg", "diffusion-lm"]
-    _name = "SPG"
-    _paper = {
-        "title": "SPG: Sandwiched Policy Gradient for Masked Diffusion Language Models",
-        "id": "2510.09541",
-    }
-
-    def __init__(
-        self,
-        model,
-        reward_funcs=None,
-        args: SPGConfig | None = None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        reward_processing_classes=None,
-        callbacks=None,
-        optimizers=(None, None),
-        quantization_config=None,
-        peft_config=None,
-        tools=None,
-        rollout_func=None,
-        environment_factory=None,
-    ):
-        if args is None:
-            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
-            args = SPGConfig(f"{str(name).rstrip('/').split('/')[-1]}-SPG")
-        if not isinstance(args, SPGConfig):
-            raise TypeError(f"SPGTrainer needs an SPGConfig, got {type(args).__name__}.")
-        unsupported = {"tools": tools, "rollout_func": rollout_func, "environment_factory": environment_factory}
-        given = [name for name, value in unsupported.items() if value]
-        if given:
-            raise ValueError(
-                f"SPGTrainer does not support {', '.join(given)}: SPG's rollouts are single-turn diffusion decodes "
-                "and its loss scores every completion token, so multi-turn tool calls and custom rollout functions "
-                "(which replace diffusion decoding) cannot be honoured."
-            )
-        if isinstance(model, str):
-            # LLaDA / Dream resolve to their converted native folder; TRL then loads it like any model
-            # (model_init_kwargs, quantization_config, dtype, trust_remote_code, device placement).
-            init_kwargs = args.model_init_kwargs or {}
-            model = resolve_checkpoint(
-                model,
-                trust_remote_code=bool(init_kwargs.get("trust_remote_code", args.trust_remote_code)),
-                **{key: init_kwargs[key] for key in ("revision", "token", "cache_dir") if key in init_kwargs},
-            )
-        else:
-            _attach_generation_config(model)
-            if args.gradient_checkpointing and not getattr(
-                unwrap_model(model), "supports_gradient_checkpointing", True
-            ):
-                raise ValueError(
-                    f"{type(unwrap_model(model)).__name__} does not support gradient checkpointing; "
-                    "pass gradient_checkpointing=False in SPGConfig."
-                )
-        super().__init__(
-            model,
-            reward_funcs,
-            args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-        )
-        self.mask_token_id = resolve_mask_token_id(unwrap_model(self.model), self._tokenizer, args.mask_token_id)
-        self.objective = SPGObjective.from_config(args)
-        self._eval_calls = 0
-
-    # ----------------------------------------------------------------------------------------------------------
-    # Randomness: one reproducible stream per (purpose, micro-step, process); the global RNG is never reseeded.
-
-    def _micro_step(self) -> int:
-        """Index of the current forward/backward micro-step, stable across resumes (TRL's `_step` is not saved)."""
-        accumulation = self.args.gradient_accumulation_steps
-        return self.state.global_step * accumulation + self._step % accumulation
-
-    def _generator(self, purpose: str, device) -> torch.Generator:
-        if self.model.training:
-            index = self._micro_step()
-        else:
-            self._eval_calls += 1
-            index = f"eval{self._eval_calls}"
-        return make_generator(device, self.args.seed, purpose, index, self.accelerator.process_index)
-
-    # ----------------------------------------------------------------------------------------------------------
-    # Rollouts
-
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        """Diffusion rollouts for already tokenized prompts; returns completion ids cut after the first EOS."""
-        if images is not None and any(image is not None for image in images):
-            raise ValueError("SPGTrainer supports text-only prompts.")
-        device = self.accelerator.device
-        prompts = [torch.tensor(ids) for ids in prompt_ids]
-        input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
-        attention_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device)
-        generator = self._generator("rollout", device)
-        with (
-            unwrap_model_for_generation(
-                self.model_wrapped,
-                self.accelerator,
-                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-            ) as unwrapped_model,
-            torch.no_grad(),
-            self._dist.summon_full_params(self.model_wrapped, recurse=False),
-            self.accelerator.autocast(),
-        ):
-            completion_ids = diffusion_generate(
-                unwrapped_model,
-                input_ids,
-                attention_mask,
-                mask_token_id=self.mask_token_id,
-                gen_length=self.args.max_completion_length,
-                block_length=self.args.block_length,
-                steps=self.args.diffusion_steps,
-                temperature=self.args.temperature,
-                remasking=self.args.remasking,
-                generator=generator,
-                decoding=self.args.rollout_decoding,
-                threshold=self.args.rollout_threshold,
-                min_tokens_per_step=self.args.rollout_min_tokens_per_step,
-                kv_cache=self.args.rollout_kv_cache,
-                cache_refresh_every=self.args.rollout_cache_refresh_every,
-            )
-        keep = completion_mask_from_ids(completion_ids, self.eos_token_ids).bool()
-        return [ids[row].tolist() for ids, row in zip(completion_ids.cpu(), keep.cpu())], None
-
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        """Placeholder old-policy log-probs: SPG's loss has no importance ratio, so no forward pass is spent here."""
-        zeros = torch.zeros(input_ids.shape[0], logits_to_keep, device=input_ids.device)
-        return zeros, None, None
-
-    # ----------------------------------------------------------------------------------------------------------
-    # Loss
-
-    def _compute_loss(self, model, inputs):
-        mode = "train" if self.model.training else "eval"
-        output = self.objective.loss(
-            model, inputs, mask_token_id=self.mask_token_id, generator=self._generator("masks", "cpu")
-        )
-        self._log_bound_metrics(mode, output)
-        # GRPOTrainer sets `loss_is_scaled_for_ga = True`, so transformers' Trainer returns the loss unchanged: the
-        # division by the accumulation steps happens here, as in GRPO's own `_compute_loss`.
-        accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        return output.loss / (accumulation if mode == "train" else 1.0)
-
-    def _log_bound_metrics(self, mode, output):
-        def mean(values):
-            return self.accelerator.gather(values.detach().float()).nanmean().item()
-
-        bounds, metrics = output.bounds, self._metrics[mode]
-        metrics["spg/elbo"].append(mean(bounds["elbo"]))
-        if bounds["eubo"] is not None:
-            metrics["spg/eubo"].append(mean(bounds["eubo"]))
-        metrics["spg/negative_bound"].append(mean(bounds["negative"]))
-        metrics["spg/bound_gap"].append(mean(bounds["negative"] - bounds["elbo"]))
-        metrics["spg/negative_fraction"].append(mean((output.advantages <= 0).float()))
-        metrics["spg/completion_length"].append(mean(output.lengths.float()))
-
-    # ----------------------------------------------------------------------------------------------------------
-    # Model card
-
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **_):
-        """Write ``README.md`` in ``output_dir``: how to load the result and decode with the diffusion sampler."""
-        if not self.is_world_process_zero():
-            return
-        args = self.args
-        config = unwrap_model(self.model).config
-        # A converted LLaDA/Dream checkpoint remembers its hub id; a local folder or a model built in code has none.
-        base_model = getattr(config, "converted_from", None) or getattr(config, "_name_or_path", None) or None
-        if base_model is not None and os.path.isdir(base_model):
-            base_model = None
-        settings = {name: getattr(args, name) for name in _CARD_SETTINGS}
-        decoding = {
-            "mask_token_id": self.mask_token_id,
-            "gen_length": args.max_completion_length,
-            "block_length": args.block_length,
-            "steps": args.diffusion_steps,
-            "temperature": args.temperature,
-            "remasking": args.remasking,
-        }
-        card = spg_model_card(
-            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
-            base_model=base_model,
-            hub_model_id=args.hub_model_id,
-            is_adapter=hasattr(self.model, "peft_config"),
-            settings=settings,
-            decoding=decoding,
-            dataset_name=dataset_name,
-            tags=[*self._tag_names, *([tags] if isinstance(tags, str) else tags or [])],
-        )
-        card.save(os.path.join(args.output_dir, "README.md"))
-
 
 # Training settings listed in the model card.
 _CARD_SETTINGS = (
@@ -248,6 +34,7 @@ _CARD_SETTINGS = (
     "min_mask_ratio",
     "max_mask_ratio",
     "p_mask_prompt",
+    "block_sampling",
     "num_generations",
     "num_iterations",
     "learning_rate",
@@ -255,11 +42,81 @@ _CARD_SETTINGS = (
 )
 
 
-def _attach_generation_config(model) -> None:
-    """Give models that are not a ``GenerationMixin`` the ``generation_config`` TRL reads pad/EOS ids from."""
-    inner = unwrap_model(model)
-    if getattr(inner, "generation_config", None) is None:
-        config = inner.config
-        inner.generation_config = GenerationConfig(
-            pad_token_id=getattr(config, "pad_token_id", None), eos_token_id=getattr(config, "eos_token_id", None)
+class SPGTrainer(DiffusionGRPOTrainer):
+    """Trainer for SPG (Sandwiched Policy Gradient) on masked diffusion language models.
+
+    `trl.GRPOTrainer`'s arguments, reward functions and datasets, with an [`SPGConfig`]. ``model`` is a model instance
+    or a hub id / local path: LLaDA / Dream checkpoints resolve to their converted native copy
+    (`trl_spg.checkpoints`), then TRL loads it (``args.model_init_kwargs``, ``quantization_config``). Models that are
+    not a ``GenerationMixin`` work too. Pass ``peft_config`` (or a ``PeftModel``) to train LoRA adapters. ``tools``,
+    ``rollout_func`` and ``environment_factory`` are rejected: they replace single-turn diffusion decoding.
+    """
+
+    config_class = SPGConfig
+    _tag_names = ["trl", "spg", "diffusion-lm"]
+    _name = "SPG"
+    _paper = {
+        "title": "SPG: Sandwiched Policy Gradient for Masked Diffusion Language Models",
+        "id": "2510.09541",
+    }
+
+    _card_method = SPG_METHOD
+    _card_settings = _CARD_SETTINGS
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = SPGObjective.from_config(self.args)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Loss
+
+    def _compute_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        output = self.objective.loss(
+            model, inputs, mask_token_id=self.mask_token_id, generator=self._generator("masks", "cpu")
         )
+        self._check_finite(output)
+        self._log_bound_metrics(mode, output)
+        # GRPOTrainer sets `loss_is_scaled_for_ga = True`, so transformers' Trainer returns the loss unchanged: the
+        # division by the accumulation steps happens here, as in GRPO's own `_compute_loss`.
+        accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        return output.loss / (accumulation if mode == "train" else 1.0)
+
+    def _check_finite(self, output) -> None:
+        """Stop before a non-finite loss reaches the weights, on every process at once, naming its source."""
+        scored = output.lengths > 0
+        advantages = output.advantages.detach()
+        # TRL's `nan_to_num` turns an infinite advantage into the largest finite float: count that as infinite too.
+        advantages = advantages.masked_fill(advantages.abs() >= torch.finfo(advantages.dtype).max, math.inf)
+        quantities = {
+            "advantages (an infinite reward?)": advantages,
+            "likelihood bounds (non-finite model logits, e.g. a bf16 overflow?)": output.bounds["selected"][scored],
+            "loss": output.loss.reshape(1),
+        }
+        bad = torch.stack([(~torch.isfinite(value.detach())).any() for value in quantities.values()]).float()
+        bad = self.accelerator.gather(bad.unsqueeze(0)).sum(0)
+        if bad.any():
+            name = next(name for name, flag in zip(quantities, bad) if flag)
+            raise FloatingPointError(
+                f"Non-finite {name} at optimizer step {self.state.global_step} (micro-step {self._micro_step()}); "
+                "the optimizer step was not taken. See docs/troubleshooting.md."
+            )
+
+    def _log_bound_metrics(self, mode, output):
+        # Completions with no token (e.g. all masked by `mask_truncated_completions`) carry no bound: they are left
+        # out, and a step without any scored completion logs no bound metrics at all rather than fake zeros.
+        scored = output.lengths > 0
+
+        def values(tensor):
+            return self.accelerator.gather(torch.where(scored, tensor.detach().float(), float("nan")))
+
+        if not self.accelerator.gather(scored.sum()).sum():
+            return
+        bounds, metrics = output.bounds, self._metrics[mode]
+        metrics["spg/elbo"].append(values(bounds["elbo"]).nanmean().item())
+        if bounds["eubo"] is not None:
+            metrics["spg/eubo"].append(values(bounds["eubo"]).nanmean().item())
+        metrics["spg/negative_bound"].append(values(bounds["negative"]).nanmean().item())
+        metrics["spg/bound_gap"].append(values(bounds["negative"] - bounds["elbo"]).nanmean().item())
+        metrics["spg/negative_fraction"].append(values((output.advantages <= 0).float()).nanmean().item())
+        metrics["spg/completion_length"].append(values(output.lengths.float()).nanmean().item())

@@ -8,6 +8,7 @@ RL on a masked diffusion LM only works once the policy already produces well-for
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -15,12 +16,19 @@ import torch
 from .modeling import forward_logits, resolve_mask_token_id
 from .scoring import token_logprobs
 
-__all__ = ["diffusion_sft"]
+__all__ = ["LR_SCHEDULES", "diffusion_sft"]
 
 logger = logging.getLogger(__name__)
 
 #: Lower bound of the masking ratio t ~ U(eps, 1]: keeps the 1/t loss weight finite.
 MASK_EPS = 1e-3
+
+#: Learning-rate multiplier at optimizer step ``step`` (1-based) of ``total``: constant, or decaying to 0 at the end.
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda step, total: 1.0,
+    "linear": lambda step, total: 1.0 - (step - 1) / total,
+    "cosine": lambda step, total: 0.5 * (1.0 + math.cos(math.pi * (step - 1) / total)),
+}
 
 
 def _encode_completions(
@@ -112,6 +120,7 @@ def diffusion_sft(
     batch_size: int,
     learning_rate: float,
     weight_decay: float = 0.0,
+    lr_schedule: str = "constant",
     generator: torch.Generator,
     log_every: int | None = 10,
     callback: Callable[[int, float], None] | None = None,
@@ -142,6 +151,8 @@ def diffusion_sft(
         batch_size: Pairs per step.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        lr_schedule: ``"constant"``, or ``"linear"`` / ``"cosine"`` decay from `learning_rate` at the first step
+            towards 0 after the last (no warm-up).
         generator: Source of all randomness; its device is where random numbers are drawn.
         log_every: Log the mean loss of the last `log_every` steps at INFO level; `None` or 0 disables logging.
         callback: Called as `callback(step, loss)` after every optimizer step (step counts from 1).
@@ -158,6 +169,8 @@ def diffusion_sft(
         raise ValueError("`prompts` is empty.")
     if completion_length < 1 or num_steps < 0 or batch_size < 1:
         raise ValueError("completion_length and batch_size must be >= 1 and num_steps >= 0.")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {sorted(LR_SCHEDULES)}, got {lr_schedule!r}.")
     mask_id = resolve_mask_token_id(model, tokenizer, mask_token_id)
     eos_token_id = getattr(tokenizer, "eos_token_id", None)
     if eos_token_id is None:
@@ -171,6 +184,7 @@ def diffusion_sft(
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    schedule = LR_SCHEDULES[lr_schedule]
     batches = _index_stream(len(prompts), batch_size, generator)
 
     losses: list[float] = []
@@ -198,6 +212,8 @@ def diffusion_sft(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate * schedule(step, num_steps)
             optimizer.step()
 
             losses.append(loss.item())

@@ -1,0 +1,151 @@
+"""The `trl-spg` command line: TRL's parser over SPG, model and script flags; rewards by name or import path; YAML."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+
+from trl_spg.scripts.spg import main, resolve_reward_function, trl_reward_functions
+
+CONFIGS = Path(__file__).parent.parent / "examples" / "accelerate_configs"
+COMMON = ["--bf16", "false", "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no", "--seed", "0"]
+SMALL = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--num_generations", "4"]
+SMALL += ["--max_completion_length", "8", "--block_length", "4", "--diffusion_steps", "4", "--logging_steps", "1"]
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tiny_model, tiny_tokenizer):
+    tiny_model.save_pretrained(tmp_path / "tiny")
+    tiny_tokenizer.save_pretrained(tmp_path / "tiny")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"prompt": prompt} for prompt in ["12=", "34=", "ab=", "x="] * 2]
+    (data / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return tmp_path
+
+
+def test_help_lists_spg_model_and_script_flags():
+    command = shutil.which("trl-spg")
+    assert command is not None, "the trl-spg console script is not installed"
+    text = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=120, check=True).stdout
+    for flag in ("--negative_bound", "--masking_strategy", "--block_length", "--use_peft", "--lora_r"):
+        assert flag in text
+    for flag in ("--load_in_4bit", "--dtype", "--attn_implementation", "--task", "--reward_funcs", "--dataset_name"):
+        assert flag in text
+
+
+def test_trains_with_a_dotted_reward_path_and_lora(tiny_folder, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parent)  # dotted paths resolve from the working directory, as in `trl grpo`
+    out = tiny_folder / "out"
+    args = ["--model_name_or_path", str(tiny_folder / "tiny"), "--dataset_name", str(tiny_folder / "data")]
+    args += ["--reward_funcs", "cli_rewards.digit_count", "get_soft_overlong_punishment", "--output_dir", str(out)]
+    args += ["--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj"]
+    trainer = main(args + COMMON + SMALL)
+    assert trainer.state.global_step == 2
+    assert trainer.reward_func_names == ["digit_count", "soft_overlong_punishment_reward"]
+    assert trainer.model.peft_config["default"].r == 4
+    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
+
+
+def test_yaml_config_sets_every_kind_of_flag(tiny_folder, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parent)
+    config = {
+        "model_name_or_path": str(tiny_folder / "tiny"),
+        "dataset_name": str(tiny_folder / "data"),
+        "reward_funcs": ["cli_rewards.digit_count"],
+        "output_dir": str(tiny_folder / "out"),
+        "negative_bound": "eubo",
+        "eubo_beta": 2.0,
+        "dtype": "float32",
+    }
+    path = tiny_folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    trainer = main(["--config", str(path), "--max_steps", "1"] + COMMON + SMALL[2:])
+    assert trainer.args.negative_bound == "eubo" and trainer.args.eubo_beta == 2.0
+    assert trainer.args.model_init_kwargs["dtype"] == "float32"
+    assert trainer.state.global_step == 1
+
+
+def test_reward_resolution_errors_name_the_choices():
+    registry = trl_reward_functions(256)
+    assert resolve_reward_function("think_format_reward", registry) is registry["think_format_reward"]
+    with pytest.raises(ValueError, match="accuracy_reward"):
+        resolve_reward_function("nonsense", registry)
+    with pytest.raises(ValueError, match="Could not import"):
+        resolve_reward_function("no_such_module.reward", registry)
+
+
+def test_missing_data_or_rewards_is_a_clear_error(tiny_folder):
+    base = ["--model_name_or_path", str(tiny_folder / "tiny"), "--output_dir", str(tiny_folder / "out")] + COMMON
+    with pytest.raises(ValueError, match="--dataset_name"):
+        main(base + ["--reward_funcs", "think_format_reward"])
+    with pytest.raises(ValueError, match="--reward_funcs"):
+        main(base + ["--dataset_name", str(tiny_folder / "data")])
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("multi_gpu.yaml", "MULTI_GPU"),
+        ("deepspeed_zero2.yaml", "DEEPSPEED"),
+        ("deepspeed_zero3.yaml", "DEEPSPEED"),
+        ("fsdp2.yaml", "FSDP"),
+    ],
+)
+def test_accelerate_configs_load(name, kind):
+    config = load_config_from_file(str(CONFIGS / name))
+    assert config.distributed_type.value == kind and config.mixed_precision == "bf16"
+    if kind == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == (3 if "zero3" in name else 2)
+    if kind == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "math500", "countdown", "sudoku"])
+def test_paper_recipes_parse_and_carry_the_task_settings(name, tmp_path):
+    from trl_spg.scripts.spg import make_parser
+    from trl_spg.tasks import get_task
+
+    recipe = Path(__file__).parent.parent / "examples" / "configs" / f"{name}_llada.yaml"
+    argv = ["--config", str(recipe), "--output_dir", str(tmp_path), "--bf16", "false"]  # bf16 needs a GPU here
+    script_args, training_args, model_args, _ = make_parser().parse_args_and_config(args=argv)
+    task = get_task(script_args.task)
+    assert task.name == name and model_args.model_name_or_path == "GSAI-ML/LLaDA-8B-Instruct"
+    assert {key: getattr(training_args, key) for key in task.training} == dict(task.training)
+    assert training_args.num_generations == 6 and training_args.num_iterations == 4
+    assert training_args.learning_rate == 3e-6 and training_args.max_grad_norm == 0.2
+    assert (training_args.max_completion_length, training_args.block_length, training_args.diffusion_steps) == (
+        256,
+        32,
+        128,
+    )
+    assert training_args.negative_bound == "mix" and training_args.num_mc_masks == 2
+    assert model_args.use_peft and model_args.load_in_4bit and (model_args.lora_r, model_args.lora_alpha) == (128, 64)
+    assert set(model_args.lora_target_modules) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    if script_args.prompt_style is not None:
+        assert script_args.prompt_style in task.prompts
+
+
+def test_task_flag_gives_data_prompts_and_rewards(tiny_folder):
+    out = tiny_folder / "out"
+    args = ["--task", "sudoku", "--prompt_style", "compact", "--model_name_or_path", str(tiny_folder / "tiny")]
+    args += ["--output_dir", str(out), "--eval_every", "1", "--eval_limit", "4", "--eval_gen_length", "8"]
+    trainer = main(args + COMMON + SMALL)
+    assert trainer.state.global_step == 2
+    assert trainer.reward_func_names == ["sudoku_reward"]
+    assert trainer.train_dataset[0]["prompt"].endswith("=") and len(trainer.train_dataset) == 800
+    evaluations = [entry for entry in trainer.state.log_history if "eval_task/sudoku/accuracy" in entry]
+    assert [entry["step"] for entry in evaluations] == [1, 2]
+    assert "datasets:" not in (out / "README.md").read_text()  # built-in data: no Hub dataset to name

@@ -1,0 +1,275 @@
+"""`DiffusionGRPOTrainer`: TRL's `GRPOTrainer` with diffusion rollouts, the base of every trainer in this package.
+
+What every trainer of a masked diffusion LM here shares, whatever its likelihood estimate and loss:
+
+* ``_generate_single_turn``: rollouts come from semi-autoregressive diffusion decoding (`trl_spg.sampler`);
+* model loading (LLaDA / Dream checkpoints resolve to their converted native copy), the checks of the model and its
+  mask token, and the rejection of ``tools`` / ``rollout_func`` / ``environment_factory``;
+* reproducible random streams per (purpose, micro-step, process) (`_generator`);
+* ``_get_per_token_logps_and_entropies``: a placeholder for losses without an importance ratio, so GRPO's old-policy
+  forward is never spent (a trainer whose loss uses the ratio replaces it);
+* the model card, which decodes with the diffusion sampler.
+
+`SPGTrainer`, `DiffuGRPOTrainer` and `WD1Trainer` subclass it and replace the loss (and, for d1, the per-token
+log-probabilities GRPO's loss consumes). Prompt formatting, reward functions, advantages, buffering over
+``steps_per_generation`` / ``num_iterations``, logging, PEFT and distributed training are TRL's.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import GenerationConfig
+from trl import GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import pad
+
+from .checkpoints import resolve_checkpoint
+from .diffusion_config import DiffusionGRPOConfig
+from .model_card import SPG_METHOD, TrainingMethod, spg_model_card
+from .modeling import attends_bidirectionally, resolve_mask_token_id, unwrap_model
+from .sampler import completion_mask_from_ids, diffusion_generate
+from .seeding import make_generator
+
+
+class DiffusionGRPOTrainer(GRPOTrainer):
+    """TRL's `GRPOTrainer` for masked diffusion LMs: diffusion rollouts, model checks, seeding and the model card.
+
+    `trl.GRPOTrainer`'s arguments, reward functions and datasets, with a config of type ``config_class``. ``model``
+    is a model instance or a hub id / local path: LLaDA / Dream checkpoints resolve to their converted native copy
+    (`trl_spg.checkpoints`), then TRL loads it (``args.model_init_kwargs``, ``quantization_config``). Models that are
+    not a ``GenerationMixin`` work too. Pass ``peft_config`` (or a ``PeftModel``) to train LoRA adapters. ``tools``,
+    ``rollout_func`` and ``environment_factory`` are rejected: they replace single-turn diffusion decoding.
+
+    Subclasses set ``config_class``, ``_name``, ``_tag_names``, ``_paper``, ``_card_method`` and ``_card_settings``
+    (the config fields listed in the model card) and replace the loss.
+    """
+
+    config_class: type[DiffusionGRPOConfig] = DiffusionGRPOConfig
+    _tag_names = ["trl", "diffusion-lm"]
+    _name = "DiffusionGRPO"
+    _card_method: TrainingMethod = SPG_METHOD
+    _card_settings: tuple[str, ...] = ("num_generations", "num_iterations", "learning_rate", "scale_rewards")
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: DiffusionGRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+            args = self.config_class(f"{str(name).rstrip('/').split('/')[-1]}-{self._name}")
+        if not isinstance(args, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs args of type {self.config_class.__name__}, got {type(args).__name__}."
+            )
+        unsupported = {"tools": tools, "rollout_func": rollout_func, "environment_factory": environment_factory}
+        given = [name for name, value in unsupported.items() if value]
+        if given:
+            raise ValueError(
+                f"{type(self).__name__} does not support {', '.join(given)}: its rollouts are single-turn diffusion "
+                "decodes and its loss scores every completion token, so multi-turn tool calls and custom rollout "
+                "functions (which replace diffusion decoding) cannot be honoured."
+            )
+        if isinstance(model, str):
+            # LLaDA / Dream resolve to their converted native folder; TRL then loads it like any model
+            # (model_init_kwargs, quantization_config, dtype, trust_remote_code, device placement).
+            init_kwargs = args.model_init_kwargs or {}
+            model = resolve_checkpoint(
+                model,
+                trust_remote_code=bool(init_kwargs.get("trust_remote_code", args.trust_remote_code)),
+                **{key: init_kwargs[key] for key in ("revision", "token", "cache_dir") if key in init_kwargs},
+            )
+        else:
+            _attach_generation_config(model)
+            if args.gradient_checkpointing and not getattr(
+                unwrap_model(model), "supports_gradient_checkpointing", True
+            ):
+                raise ValueError(
+                    f"{type(unwrap_model(model)).__name__} does not support gradient checkpointing; "
+                    f"pass gradient_checkpointing=False in {type(args).__name__}."
+                )
+        super().__init__(
+            model,
+            reward_funcs,
+            args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        self.mask_token_id = resolve_mask_token_id(unwrap_model(self.model), self._tokenizer, args.mask_token_id)
+        self._check_model_and_special_tokens()
+        self._eval_calls = 0
+
+    def _check_model_and_special_tokens(self) -> None:
+        """Fail at start, with the fix, on a model or mask token the trainer cannot train with."""
+        model = unwrap_model(self.model)
+        if not attends_bidirectionally(model):
+            raise ValueError(
+                f"{type(model).__name__} attends causally (an autoregressive model): {type(self).__name__} needs a "
+                "bidirectional masked diffusion LM. Pass a LLaDA or Dream checkpoint (e.g. "
+                f"{type(self).__name__}('GSAI-ML/LLaDA-8B-Instruct', ...) "
+                "loads it as a bidirectional Llama), or build the model with `is_causal=False` in its config "
+                "(e.g. LlamaConfig(is_causal=False, ...))."
+            )
+        vocab_size = model.config.get_text_config().vocab_size
+        mask = self.mask_token_id
+        if not 0 <= mask < vocab_size:
+            raise ValueError(
+                f"mask_token_id={mask} is outside the model's vocabulary (ids 0 to {vocab_size - 1}); set "
+                f"`mask_token_id` in {type(self.args).__name__} to the model's [MASK] id (126336 for LLaDA, 151666 for "
+                "Dream)."
+            )
+        clash = "the pad token" if mask == self._tokenizer.pad_token_id else None
+        if mask in self.eos_token_ids:
+            clash = "an EOS token"
+        if clash is not None:
+            raise ValueError(
+                f"mask_token_id={mask} is also {clash}: masked positions and real tokens would be indistinguishable. "
+                f"Set `mask_token_id` in {type(self.args).__name__} to the model's dedicated [MASK] id."
+            )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Randomness: one reproducible stream per (purpose, micro-step, process); the global RNG is never reseeded.
+
+    def _micro_step(self) -> int:
+        """Index of the current forward/backward micro-step, stable across resumes (TRL's `_step` is not saved)."""
+        accumulation = self.args.gradient_accumulation_steps
+        return self.state.global_step * accumulation + self._step % accumulation
+
+    def _generator(self, purpose: str, device) -> torch.Generator:
+        if self.model.training:
+            index = self._micro_step()
+        else:
+            self._eval_calls += 1
+            index = f"eval{self._eval_calls}"
+        return make_generator(device, self.args.seed, purpose, index, self.accelerator.process_index)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Rollouts
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """Diffusion rollouts for already tokenized prompts; returns completion ids cut after the first EOS."""
+        if images is not None and any(image is not None for image in images):
+            raise ValueError(f"{type(self).__name__} supports text-only prompts.")
+        self._check_prompt_lengths(prompt_ids)
+        device = self.accelerator.device
+        prompts = [torch.tensor(ids) for ids in prompt_ids]
+        input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        attention_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device)
+        generator = self._generator("rollout", device)
+        # Sharded weights are made whole for the rollout here, and only here: DeepSpeed ZeRO-3 gathers them once per
+        # rollout batch (`ds3_gather_for_generation`, as TRL does for generate), FSDP1 summons them, and FSDP2 modules
+        # all-gather per layer inside each forward. Every denoising step then runs on full weights.
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            self.accelerator.autocast(),
+        ):
+            completion_ids = diffusion_generate(
+                unwrapped_model,
+                input_ids,
+                attention_mask,
+                mask_token_id=self.mask_token_id,
+                gen_length=self.args.max_completion_length,
+                block_length=self.args.block_length,
+                steps=self.args.diffusion_steps,
+                temperature=self.args.temperature,
+                remasking=self.args.remasking,
+                generator=generator,
+                decoding=self.args.rollout_decoding,
+                threshold=self.args.rollout_threshold,
+                min_tokens_per_step=self.args.rollout_min_tokens_per_step,
+                kv_cache=self.args.rollout_kv_cache,
+                cache_refresh_every=self.args.rollout_cache_refresh_every,
+            )
+        keep = completion_mask_from_ids(completion_ids, self.eos_token_ids).bool()
+        return [ids[row].tolist() for ids, row in zip(completion_ids.cpu(), keep.cpu())], None
+
+    def _check_prompt_lengths(self, prompt_ids) -> None:
+        config = unwrap_model(self.model).config.get_text_config()
+        max_positions = getattr(config, "max_position_embeddings", None)
+        longest = max(len(ids) for ids in prompt_ids)
+        if max_positions is not None and longest + self.args.max_completion_length > max_positions:
+            raise ValueError(
+                f"A prompt of {longest} tokens plus max_completion_length={self.args.max_completion_length} exceeds "
+                f"the model's max_position_embeddings={max_positions}. Shorten or filter the prompts (at most "
+                f"{max_positions - self.args.max_completion_length} tokens), or lower max_completion_length."
+            )
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """Placeholder old-policy log-probs for losses without an importance ratio (SPG, wd1): no forward pass is spent.
+
+        A trainer whose loss uses GRPO's ratio (d1) replaces this hook with its own likelihood estimate.
+        """
+        zeros = torch.zeros(input_ids.shape[0], logits_to_keep, device=input_ids.device)
+        return zeros, None, None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Model card
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **_):
+        """Write ``README.md`` in ``output_dir``: how to load the result and decode with the diffusion sampler."""
+        if not self.is_world_process_zero():
+            return
+        args = self.args
+        config = unwrap_model(self.model).config
+        # A converted LLaDA/Dream checkpoint remembers its hub id; a local folder or a model built in code has none.
+        base_model = getattr(config, "converted_from", None) or getattr(config, "_name_or_path", None) or None
+        if base_model is not None and os.path.isdir(base_model):
+            base_model = None
+        settings = {name: getattr(args, name) for name in self._card_settings}
+        decoding = {
+            "mask_token_id": self.mask_token_id,
+            "gen_length": args.max_completion_length,
+            "block_length": args.block_length,
+            "steps": args.diffusion_steps,
+            "temperature": args.temperature,
+            "remasking": args.remasking,
+        }
+        card = spg_model_card(
+            method=self._card_method,
+            model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
+            base_model=base_model,
+            hub_model_id=args.hub_model_id,
+            is_adapter=hasattr(self.model, "peft_config"),
+            settings=settings,
+            decoding=decoding,
+            dataset_name=dataset_name,
+            tags=[*self._tag_names, *([tags] if isinstance(tags, str) else tags or [])],
+        )
+        card.save(os.path.join(args.output_dir, "README.md"))
+
+
+def _attach_generation_config(model) -> None:
+    """Give models that are not a ``GenerationMixin`` the ``generation_config`` TRL reads pad/EOS ids from."""
+    inner = unwrap_model(model)
+    if getattr(inner, "generation_config", None) is None:
+        config = inner.config
+        inner.generation_config = GenerationConfig(
+            pad_token_id=getattr(config, "pad_token_id", None), eos_token_id=getattr(config, "eos_token_id", None)
+        )

@@ -6,12 +6,15 @@ With no arguments it runs on a CPU: the built-in tiny bidirectional Llama is war
 
     accelerate launch examples/train_sudoku.py
 
-With a real dLLM (the paper's setup, see examples/configs/sudoku_llada.yaml):
+`--algorithm d1` or `wd1` trains the same way with a baseline (`benchmarks/ablation.py` compares them). Every field of
+the method's config (`SPGConfig`, ...) and of TRL's `ModelConfig` is a flag (`--learning_rate`, `--use_peft`,
+`--lora_r`, ...), and a YAML file given with `--config` may set any of them. A real model:
 
-    accelerate launch examples/train_sudoku.py --config examples/configs/sudoku_llada.yaml
+    accelerate launch examples/train_sudoku.py --model_name_or_path GSAI-ML/LLaDA-8B-Instruct --dtype bfloat16 \
+        --prompt_style instruct --max_completion_length 256 --use_peft --lora_r 128 --lora_alpha 64
 
-Every `SPGConfig` field is a flag (`--learning_rate`, `--num_generations`, ...), and a YAML file given with
-`--config` may set any of them.
+The paper's Sudoku recipe, with its prompts, runs through the command line:
+`trl-spg --config examples/configs/sudoku_llada.yaml`.
 """
 
 from __future__ import annotations
@@ -24,33 +27,43 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainerCallback
-from trl import TrlParser
+from trl import ModelConfig, TrlParser, get_peft_config
 
-from trl_spg import SPGConfig, SPGTrainer
+from trl_spg import DiffuGRPOConfig, DiffuGRPOTrainer, SPGConfig, SPGTrainer, WD1Config, WD1Trainer
 from trl_spg.evaluation import evaluate_sudoku, paired_stderr
+from trl_spg.scripts.spg import flag_or_config_value, parse_with_tiny_defaults, trainer_model_arguments
 from trl_spg.tasks.sudoku import few_shot_examples, sudoku_dataset, sudoku_reward, sudoku_split
-from trl_spg.tasks.sudoku_tiny import TINY_COMPLETION_LENGTH, TinySudokuSpec, tiny_sudoku_model
+from trl_spg.tasks.sudoku_tiny import TinySudokuSpec, tiny_sudoku_model, tiny_training_defaults
 
 logger = logging.getLogger("train_sudoku")
+
+#: ``--algorithm``: the trainer and config of each method (the same rollouts, reward, data and evaluation).
+ALGORITHMS = {
+    "spg": (SPGTrainer, SPGConfig),
+    "d1": (DiffuGRPOTrainer, DiffuGRPOConfig),
+    "wd1": (WD1Trainer, WD1Config),
+}
+# Example-specific settings of the built-in tiny run, beside `trl_spg.tasks.sudoku_tiny.tiny_training_defaults`.
+TINY_RUN_DEFAULTS = dict(
+    output_dir="outputs/sudoku-tiny-spg",
+    # 1024 held-out puzzles (about 12 per held-out solution grid) halve the standard error of 256.
+    eval_puzzles=1024,
+)
 
 
 @dataclass
 class SudokuScriptArguments:
-    """Model, data and evaluation settings of the Sudoku example (training settings live in `SPGConfig`)."""
+    """Data, evaluation and method settings of the Sudoku example (training settings live in the trainer's config,
+    model, LoRA and quantisation settings in TRL's `ModelConfig`)."""
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A dLLM hub id or folder; default: the built-in tiny model (CPU friendly)."}
+    algorithm: str = field(
+        default="spg",
+        metadata={
+            "help": "The RL method: spg (SPGTrainer), d1 (DiffuGRPOTrainer) or wd1 (WD1Trainer); the method's own "
+            "config flags apply.",
+            "choices": sorted(ALGORITHMS),
+        },
     )
-    dtype: str = field(default="auto", metadata={"help": "dtype for a real model: auto, bfloat16, float32."})
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    lora_r: int = field(default=128, metadata={"help": "LoRA rank (paper: 128)."})
-    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha (paper: 64)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (paper: 0.05)."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        metadata={"help": "Modules that get LoRA adapters (names of the native Llama/Qwen2 classes)."},
-    )
-    load_in_4bit: bool = field(default=False, metadata={"help": "Load the base model in 4-bit NF4 (GPU only)."})
     prompt_style: str = field(
         default="compact",
         metadata={"help": "compact (tiny model) or instruct (chat models).", "choices": ["compact", "instruct"]},
@@ -81,40 +94,6 @@ class SudokuScriptArguments:
     )
 
 
-# Settings of the built-in tiny run; YAML and command-line flags override them.
-TINY_DEFAULTS = dict(
-    output_dir="outputs/sudoku-tiny-spg",
-    max_completion_length=TINY_COMPLETION_LENGTH,
-    block_length=TINY_COMPLETION_LENGTH,
-    diffusion_steps=TINY_COMPLETION_LENGTH // 2,
-    per_device_train_batch_size=128,
-    num_generations=8,
-    num_iterations=2,
-    num_mc_masks=4,
-    min_mask_ratio=0.3,
-    # The paper's 0.15 made the RL gain depend on the warm start here (one warm start lost accuracy with it and gained
-    # without); see docs/sudoku.md and benchmarks/sudoku_update_direction.py.
-    p_mask_prompt=0.0,
-    temperature=1.0,
-    eubo_beta=1.0,
-    learning_rate=1e-4,
-    # Decaying to 0 keeps the gain of the early steps: at a constant 1e-4 held-out accuracy drifts by about +-0.01
-    # after 100 steps, and at 2e-4 it falls (docs/sudoku.md).
-    lr_scheduler_type="linear",
-    max_grad_norm=0.2,
-    adam_beta2=0.99,
-    weight_decay=0.0,
-    max_steps=160,
-    logging_steps=5,
-    save_strategy="no",
-    report_to="none",
-    bf16=False,
-    gradient_checkpointing=False,
-    # 1024 held-out puzzles (about 12 per held-out solution grid) halve the standard error of 256.
-    eval_puzzles=1024,
-)
-
-
 def set_cpu_threads(script_args: SudokuScriptArguments, training_args: SPGConfig) -> int | None:
     """Use every CPU this process may run on, shared among the processes of this machine (CPU runs only).
 
@@ -134,41 +113,20 @@ def set_cpu_threads(script_args: SudokuScriptArguments, training_args: SPGConfig
     return threads
 
 
-def build_model(script_args: SudokuScriptArguments, training_args: SPGConfig, train_rows: list[dict]):
-    """The policy (instance or id) plus tokenizer and peft config for the trainer."""
-    if script_args.model_name_or_path is None:
+def build_model(script_args: SudokuScriptArguments, training_args, model_args: ModelConfig, train_rows: list[dict]):
+    """The trainer's model arguments: the warm-started tiny policy by default, else `ModelConfig`'s checkpoint."""
+    if model_args.model_name_or_path is None:
         spec = TinySudokuSpec(sft_steps=script_args.tiny_warm_start_steps, seed=training_args.seed)
         model, tokenizer = tiny_sudoku_model(train_rows, spec, script_args.cache_dir)
-        return model, tokenizer, None
-    from peft import LoraConfig
-
-    from trl_spg import load_model_and_tokenizer
-
-    kwargs = {}
-    if script_args.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-        )
-    model, tokenizer = load_model_and_tokenizer(script_args.model_name_or_path, dtype=script_args.dtype, **kwargs)
-    peft_config = None
-    if script_args.use_peft:
-        peft_config = LoraConfig(
-            r=script_args.lora_r,
-            lora_alpha=script_args.lora_alpha,
-            lora_dropout=script_args.lora_dropout,
-            target_modules=script_args.lora_target_modules,
-            task_type="CAUSAL_LM",
-        )
-    return model, tokenizer, peft_config
+        return {"model": model, "processing_class": tokenizer, "peft_config": get_peft_config(model_args)}
+    return trainer_model_arguments(model_args, training_args)
 
 
-def evaluate(trainer: SPGTrainer, tokenizer, rows, examples, script_args, training_args) -> dict:
+def evaluate(trainer, rows, examples, script_args, training_args) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
     return evaluate_sudoku(
         model,
-        tokenizer,
+        trainer.processing_class,
         rows,
         prompt_style=script_args.prompt_style,
         examples=examples,
@@ -230,13 +188,27 @@ def plot_rewards(log_history: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def parse_arguments(argv: list[str]) -> tuple:
+    """``(trainer_class, script_args, training_args, model_args)`` from flags and an optional ``--config`` YAML."""
+    # The method decides the config class, so it is read before the full parse.
+    algorithm = flag_or_config_value(argv, "algorithm", default="spg")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"--algorithm {algorithm!r}: expected one of {sorted(ALGORITHMS)}.")
+    trainer_class, config_class = ALGORITHMS[algorithm]
+    # Without a model the built-in tiny run applies: its settings become the defaults (flags and YAML still win).
+    script_args, training_args, model_args = parse_with_tiny_defaults(
+        TrlParser((SudokuScriptArguments, config_class, ModelConfig)),
+        argv,
+        {**tiny_training_defaults(config_class), **TINY_RUN_DEFAULTS},
+        lambda model: model is None,
+    )
+    return trainer_class, script_args, training_args, model_args
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    parser = TrlParser((SudokuScriptArguments, SPGConfig))
-    if not any(arg.startswith("--model_name_or_path") for arg in argv) and not _config_sets_model(argv):
-        parser.set_defaults(**TINY_DEFAULTS)
-    script_args, training_args = parser.parse_args_and_config(args=argv)
+    trainer_class, script_args, training_args, model_args = parse_arguments(argv)
 
     threads = set_cpu_threads(script_args, training_args)
     if threads is not None:
@@ -251,33 +223,31 @@ def main(argv: list[str] | None = None) -> dict:
         train_rows, prompt_style=script_args.prompt_style, few_shot=script_args.few_shot, examples=examples or None
     )
 
-    model, tokenizer, peft_config = build_model(script_args, training_args, train_rows)
-    trainer = SPGTrainer(
-        model=model,
+    trainer = trainer_class(
         reward_funcs=sudoku_reward,
         args=training_args,
         train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
+        **build_model(script_args, training_args, model_args, train_rows),
     )
 
     results = {}
     if not script_args.skip_eval:
-        results["before"] = evaluate(trainer, tokenizer, test_rows, examples, script_args, training_args)
+        results["before"] = evaluate(trainer, test_rows, examples, script_args, training_args)
         logger.info(
             "Held-out accuracy before RL: %.4f +- %.4f", results["before"]["accuracy"], results["before"]["stderr"]
         )
     if script_args.eval_every > 0 and not script_args.skip_eval:
         trainer.add_callback(
             HeldOutCurve(
-                lambda: evaluate(trainer, tokenizer, test_rows, examples, script_args, training_args),
+                lambda: evaluate(trainer, test_rows, examples, script_args, training_args),
                 script_args.eval_every,
                 results.setdefault("curve", []),
             )
         )
-    trainer.train()
+    train_output = trainer.train()
+    results["train_runtime_s"] = train_output.metrics["train_runtime"]
     if not script_args.skip_eval:
-        results["after"] = evaluate(trainer, tokenizer, test_rows, examples, script_args, training_args)
+        results["after"] = evaluate(trainer, test_rows, examples, script_args, training_args)
         before, after = results["before"]["completions"], results["after"]["completions"]
         puzzles, solutions = [row["puzzle"] for row in test_rows], [row["solution"] for row in test_rows]
         results["difference"] = results["after"]["accuracy"] - results["before"]["accuracy"]
@@ -288,27 +258,15 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(dataset_name="4x4 Sudoku (trl_spg.tasks.sudoku)")
         plot_rewards(trainer.state.log_history, os.path.join(training_args.output_dir, "reward_curve.png"))
-        if results:
-            summary = {
-                name: {k: v for k, v in value.items() if k != "completions"} if isinstance(value, dict) else value
-                for name, value in results.items()
-            }
-            with open(os.path.join(training_args.output_dir, "sudoku_results.json"), "w") as handle:
-                json.dump(summary, handle, indent=2)
+        summary = {
+            name: {k: v for k, v in value.items() if k != "completions"} if isinstance(value, dict) else value
+            for name, value in results.items()
+        }
+        with open(os.path.join(training_args.output_dir, "sudoku_results.json"), "w") as handle:
+            json.dump(summary, handle, indent=2)
+        if "after" in results:
             print(summary_line(results))
     return results
-
-
-def _config_sets_model(argv: list[str]) -> bool:
-    """Whether a YAML file passed with --config names a model (then the tiny defaults do not apply)."""
-    for index, arg in enumerate(argv):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[index + 1] if arg == "--config" else None
-        if path:
-            import yaml
-
-            with open(path) as handle:
-                return bool((yaml.safe_load(handle) or {}).get("model_name_or_path"))
-    return False
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The `trl-spg` command line: TRL's parser over SPG, model and script flags; rewards by name or import path; YAML."""
 
+import functools
 import json
 import shutil
 import subprocess
@@ -149,3 +150,26 @@ def test_task_flag_gives_data_prompts_and_rewards(tiny_folder):
     evaluations = [entry for entry in trainer.state.log_history if "eval_task/sudoku/accuracy" in entry]
     assert [entry["step"] for entry in evaluations] == [1, 2]
     assert "datasets:" not in (out / "README.md").read_text()  # built-in data: no Hub dataset to name
+
+
+def test_tiny_model_runs_the_builtin_cpu_default(tmp_path, monkeypatch):
+    from trl_spg.tasks import sudoku_tiny
+
+    # The real warm start takes a minute; a 1-layer, 2-step one goes through the same loading code.
+    toy_spec = functools.partial(
+        sudoku_tiny.TinySudokuSpec, hidden_size=32, num_layers=1, sft_steps=2, sft_batch_size=4
+    )
+    monkeypatch.setattr(sudoku_tiny, "TinySudokuSpec", toy_spec)
+    monkeypatch.setenv("TRL_SPG_CACHE", str(tmp_path / "cache"))
+    args = ["--model_name_or_path", "tiny", "--task", "sudoku", "--output_dir", str(tmp_path / "out")]
+    args += ["--max_steps", "1", "--per_device_train_batch_size", "8", "--num_generations", "4", "--seed", "3"]
+    trainer = main(args + ["--bf16", "false", "--use_cpu", "true"])
+    # The example's tiny settings and compact prompts apply; flags still win.
+    settings = sudoku_tiny.tiny_training_defaults(type(trainer.args))
+    assert trainer.state.global_step == 1 and trainer.args.per_device_train_batch_size == 8
+    assert (trainer.args.max_completion_length, trainer.args.p_mask_prompt) == (20, 0.0)
+    assert trainer.args.lr_scheduler_type == settings["lr_scheduler_type"] and trainer.args.report_to == []
+    assert trainer.train_dataset[0]["prompt"].endswith("=")
+    # The policy is the warm start for that seed, cached where the evaluation CLI finds it too.
+    assert len(list((tmp_path / "cache").glob("tiny-sudoku-*"))) == 1
+    assert trainer.model.config.hidden_size == 32

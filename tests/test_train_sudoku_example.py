@@ -1,11 +1,16 @@
 """The Sudoku example script, end to end at toy size (warm start, evaluation, a few SPG steps, artefacts)."""
 
+import dataclasses
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+from trl_spg import DiffuGRPOConfig, DiffuGRPOTrainer, SPGTrainer, WD1Trainer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_sudoku.py"
 
@@ -43,7 +48,10 @@ def test_example_runs_two_steps_and_writes_artefacts(tmp_path):
             "true",
         ]
     )
-    assert set(results) == {"before", "after", "difference", "paired_stderr", "paired_stderr_grid", "curve"}
+    assert set(results) == {
+        *("before", "after", "difference", "paired_stderr", "paired_stderr_grid", "curve", "train_runtime_s")
+    }
+    assert results["train_runtime_s"] > 0
     # Greedy evaluation is deterministic: the curve's last point is the final model's accuracy.
     assert [point["step"] for point in results["curve"]] == [1, 2]
     last = {"step": 2, **{key: results["after"][key] for key in ("accuracy", "stderr", "stderr_grid")}}
@@ -60,50 +68,59 @@ def test_example_runs_two_steps_and_writes_artefacts(tmp_path):
     assert len(list((tmp_path / "cache").glob("tiny-sudoku-*"))) == 1
 
 
-def test_yaml_config_and_tiny_defaults(tmp_path):
+def test_parse_applies_tiny_defaults_only_without_a_model(tmp_path):
     example = load_example()
     config = tmp_path / "run.yaml"
     config.write_text("learning_rate: 0.002\nnum_generations: 4\n")
-    from trl import TrlParser
+    trainer_class, script_args, training_args, model_args = example.parse_arguments(
+        ["--config", str(config), "--max_steps", "7"]
+    )
+    # YAML and flags win over the tiny run's settings, which fill in the rest.
+    assert trainer_class is SPGTrainer and training_args.learning_rate == 0.002 and training_args.max_steps == 7
+    assert (training_args.max_completion_length, training_args.p_mask_prompt, script_args.eval_puzzles) == (
+        20,
+        0.0,
+        1024,
+    )
+    assert model_args.model_name_or_path is None and not model_args.use_peft
+    # A named model keeps the config's own defaults; ModelConfig's LoRA flags are the example's.
+    _, _, training_args, model_args = example.parse_arguments(
+        ["--model_name_or_path", "some/model", "--use_peft", "--lora_r", "8", "--bf16", "false"]
+    )
+    assert training_args.max_completion_length == 256 and training_args.p_mask_prompt == 0.15
+    assert model_args.use_peft and model_args.lora_r == 8
+    # A baseline gets the shared tiny settings and keeps its own (d1's prompt masking, beta).
+    trainer_class, _, training_args, _ = example.parse_arguments(["--algorithm", "d1"])
+    assert trainer_class is DiffuGRPOTrainer and isinstance(training_args, DiffuGRPOConfig)
+    assert (training_args.max_completion_length, training_args.p_mask_prompt, training_args.beta) == (20, 0.15, 0.04)
+    # The method picks the config class, from a flag or the YAML file; the tiny defaults work on a CPU as they are.
+    config.write_text("algorithm: wd1\n")
+    trainer_class, _, training_args, _ = example.parse_arguments(["--config", str(config)])
+    assert trainer_class is WD1Trainer and training_args.psi == 1.0 and not training_args.bf16
+    with pytest.raises(ValueError, match="expected one of"):
+        example.parse_arguments(["--algorithm", "ppo"])
 
-    from trl_spg import SPGConfig
 
-    parser = TrlParser((example.SudokuScriptArguments, SPGConfig))
-    parser.set_defaults(**example.TINY_DEFAULTS)
-    script_args, training_args = parser.parse_args_and_config(args=["--config", str(config), "--max_steps", "7"])
-    assert training_args.learning_rate == 0.002 and training_args.max_steps == 7
-    assert training_args.max_completion_length == 20 and script_args.model_name_or_path is None
-    # The shipped paper recipe parses and names a real model.
-    recipe = EXAMPLE.parent / "configs" / "sudoku_llada.yaml"
-    assert example._config_sets_model(["--config", str(recipe)])
-
-
-def test_tiny_model_is_deterministic_and_cached(tmp_path):
+def test_tiny_model_is_deterministic_and_loads_from_its_cache(tmp_path, monkeypatch):
+    from trl_spg.tasks import sudoku_tiny
     from trl_spg.tasks.sudoku import sudoku_split
-    from trl_spg.tasks.sudoku_tiny import TinySudokuSpec, tiny_sudoku_model
 
     train, _ = sudoku_split()
-    spec = TinySudokuSpec(hidden_size=32, num_layers=1, sft_steps=2, sft_batch_size=4)
-    model_a, _ = tiny_sudoku_model(train[:16], spec, tmp_path / "a")
-    model_b, _ = tiny_sudoku_model(train[:16], spec, tmp_path / "b")
-    loaded, tokenizer = tiny_sudoku_model(train[:16], spec, tmp_path / "a")
+    spec = sudoku_tiny.TinySudokuSpec(hidden_size=32, num_layers=1, sft_steps=2, sft_batch_size=4)
+    model_a, _ = sudoku_tiny.tiny_sudoku_model(train[:16], spec, tmp_path / "a")
+    model_b, _ = sudoku_tiny.tiny_sudoku_model(train[:16], spec, tmp_path / "b")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached warm start was trained again")
+
+    monkeypatch.setattr(sudoku_tiny, "diffusion_sft", no_training)
+    loaded, tokenizer = sudoku_tiny.tiny_sudoku_model(train[:16], spec, tmp_path / "a")
     for a, b, c in zip(model_a.parameters(), model_b.parameters(), loaded.parameters()):
         assert torch.equal(a, b) and torch.equal(a, c)
     assert tokenizer.mask_token_id is not None
-
-
-def test_update_direction_benchmark_runs_at_toy_size(tmp_path):
-    path = EXAMPLE.parents[1] / "benchmarks" / "sudoku_update_direction.py"
-    spec = importlib.util.spec_from_file_location("sudoku_update_direction", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    flags = "--warm_start_steps 2 --prompts 2 --generations 4 --step_lr 1e-4 --settings mix:0:0.3 elbo:0.15:0"
-    results = module.main(flags.split() + ["--cache_dir", str(tmp_path), "--output", str(tmp_path / "r.json")])
-    assert results["rollouts"] == 8 and set(results["settings"]) == {"mix:0:0.3", "elbo:0.15:0"}
-    for entry in results["settings"].values():
-        assert -1.0 <= entry["cosine"] <= 1.0 and -1.0 <= entry["sign_agreement"] <= 1.0
-        assert abs(entry["step_gain"]) <= 1.0
-    assert json.loads((tmp_path / "r.json").read_text()) == results
+    # Another setting is another cache entry, so it trains.
+    with pytest.raises(AssertionError, match="trained again"):
+        sudoku_tiny.tiny_sudoku_model(train[:16], dataclasses.replace(spec, seed=1), tmp_path / "a")
 
 
 def test_seeds_script_runs_the_example_and_tabulates_its_results(tmp_path, capsys):
@@ -133,3 +150,33 @@ def test_seeds_script_runs_the_example_and_tabulates_its_results(tmp_path, capsy
     assert cells[4] == f"{saved['paired_stderr_grid']:.4f} ({saved['paired_stderr']:.4f})"
     assert json.loads((tmp_path / "rows.json").read_text())[0]["difference"] == saved["difference"]
     assert seeds._flag_value(["--output_dir", "a", "--output_dir=b"], "--output_dir") == "b"
+
+
+def test_ablation_runs_each_method_from_the_same_warm_start_and_writes_its_report(tmp_path):
+    path = EXAMPLE.parents[1] / "benchmarks" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    toy = "--tiny_warm_start_steps 2 --per_device_train_batch_size 8 --num_generations 4 --num_threads 1 --logging_steps 1"
+    own = ["--methods", "spg-elbo", "wd1", "--seeds", "1", "--steps", "2", "--eval_every", "1", "--eval_puzzles", "8"]
+    own += ["--output_root", str(tmp_path / "runs"), "--doc", str(tmp_path / "ablation.md")]
+    summaries = ablation.main(own + ["--", *toy.split()])
+    runs = {
+        m: json.loads((tmp_path / "runs" / m / "seed-0" / "sudoku_results.json").read_text())
+        for m in ("spg-elbo", "wd1")
+    }
+    # One warm start, shared: both methods start from the same held-out accuracy and their own curves.
+    assert len(list((tmp_path / "runs" / "cache").glob("tiny-sudoku-*"))) == 1
+    assert runs["spg-elbo"]["before"] == runs["wd1"]["before"]
+    for summary in summaries:
+        run = runs[summary["method"]]
+        assert summary["gain"] == run["difference"] and math.isnan(summary["gain_stderr"])  # one seed: no spread
+        assert summary["curve"] == {
+            0: run["before"]["accuracy"],
+            1: run["curve"][0]["accuracy"],
+            2: run["after"]["accuracy"],
+        }
+    # The method's flags reached the example: wd1's log names its own metric.
+    assert "wd1/sequence_logp" in (tmp_path / "runs" / "wd1" / "seed-0" / "run.log").read_text()
+    report = (tmp_path / "ablation.md").read_text()
+    assert "| spg-elbo |" in report and "| wd1 |" in report and (tmp_path / "ablation.png").stat().st_size > 0

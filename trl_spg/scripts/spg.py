@@ -131,21 +131,58 @@ def make_parser():
     return TrlParser((SPGScriptArguments, SPGConfig, ModelConfig, DatasetMixtureConfig), prog="trl-spg")
 
 
-def main(argv: list[str] | None = None):
-    script_args, training_args, model_args, dataset_args = make_parser().parse_args_and_config(args=argv)
-    return train(script_args, training_args, model_args, dataset_args)
+def flag_or_config_value(argv: list[str], name: str, default=None):
+    """The value of ``--name`` in ``argv``, else of ``name`` in the ``--config`` YAML file, else ``default``.
+
+    For the few settings that decide how the rest is parsed (which defaults apply, which config class), read before
+    the full parse: building the configs first would already validate them against the wrong defaults.
+    """
+    import argparse
+
+    import yaml
+
+    pre_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre_parser.add_argument(f"--{name}", default=None)
+    pre_parser.add_argument("--config", default=None)
+    known = pre_parser.parse_known_args(argv)[0]
+    if getattr(known, name) is not None:
+        return getattr(known, name)
+    if known.config:
+        with open(known.config) as handle:
+            value = (yaml.safe_load(handle) or {}).get(name)
+        if value is not None:
+            return value
+    return default
 
 
-def train(script_args, training_args, model_args, dataset_args):
-    from datasets import load_dataset
-    from trl import get_dataset, get_peft_config, get_quantization_config
+def parse_with_tiny_defaults(parser, argv: list[str], tiny_defaults: dict, use_tiny) -> tuple:
+    """Parse ``argv`` with ``tiny_defaults`` as defaults when ``use_tiny(model name or None)`` holds.
 
-    from trl_spg import SPGTrainer
+    Flags and YAML values still win over the tiny defaults (TRL's parser applies a YAML file as defaults too, after
+    these).
+    """
+    if use_tiny(flag_or_config_value(argv, "model_name_or_path")):
+        parser.set_defaults(**tiny_defaults)
+    return parser.parse_args_and_config(args=argv)
 
-    registry = trl_reward_functions(training_args.max_completion_length)
-    reward_funcs = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
-    reward_funcs += [resolve_reward_function(name, registry) for name in script_args.reward_funcs or []]
 
+def trainer_model_arguments(model_args, training_args) -> dict:
+    """The trainer's ``model`` and what goes with it, from TRL's `ModelConfig`.
+
+    A checkpoint id or folder stays a string: the trainer resolves LLaDA / Dream conversions and loads it through
+    TRL with ``model_init_kwargs`` (revision, dtype, attention, ``trust_remote_code``) and the quantisation config.
+    ``tiny`` is the built-in tiny Sudoku policy, built here with its tokenizer. PEFT settings apply to both.
+    """
+    from trl import get_peft_config, get_quantization_config
+
+    from trl_spg.tasks.sudoku_tiny import TINY_MODEL, load_tiny_policy
+
+    if not model_args.model_name_or_path:
+        raise ValueError("Give --model_name_or_path (a LLaDA / Dream checkpoint, any masked diffusion LM, or 'tiny').")
+    peft_config = get_peft_config(model_args)
+    if model_args.model_name_or_path == TINY_MODEL:
+        model, tokenizer = load_tiny_policy(seed=training_args.seed)
+        return {"model": model, "processing_class": tokenizer, "peft_config": peft_config}
     model_init_kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
@@ -153,6 +190,35 @@ def train(script_args, training_args, model_args, dataset_args):
         dtype=model_args.dtype,
     )
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+    return {
+        "model": model_args.model_name_or_path,
+        "quantization_config": get_quantization_config(model_args),
+        "peft_config": peft_config,
+    }
+
+
+def main(argv: list[str] | None = None):
+    from trl_spg import SPGConfig
+    from trl_spg.tasks.sudoku_tiny import TINY_COMPLETION_LENGTH, TINY_MODEL, tiny_training_defaults
+
+    # `--model_name_or_path tiny`: the built-in CPU run (compact Sudoku prompts, the example's training settings).
+    tiny = {**tiny_training_defaults(SPGConfig), "prompt_style": "compact", "eval_gen_length": TINY_COMPLETION_LENGTH}
+    argv = sys.argv[1:] if argv is None else argv
+    script_args, training_args, model_args, dataset_args = parse_with_tiny_defaults(
+        make_parser(), argv, tiny, lambda model: model == TINY_MODEL
+    )
+    return train(script_args, training_args, model_args, dataset_args)
+
+
+def train(script_args, training_args, model_args, dataset_args):
+    from datasets import load_dataset
+    from trl import get_dataset
+
+    from trl_spg import SPGTrainer
+
+    registry = trl_reward_functions(training_args.max_completion_length)
+    reward_funcs = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
+    reward_funcs += [resolve_reward_function(name, registry) for name in script_args.reward_funcs or []]
 
     task, eval_dataset, dataset_name = None, None, script_args.dataset_name
     if script_args.task:
@@ -183,17 +249,13 @@ def train(script_args, training_args, model_args, dataset_args):
         raise ValueError("Give --task, --dataset_name or `datasets` (a dataset mixture) to train on.")
     if not reward_funcs:
         raise ValueError("Give --task or at least one of --reward_funcs / --reward_model_name_or_path.")
-    if not model_args.model_name_or_path:
-        raise ValueError("Give --model_name_or_path (a LLaDA / Dream checkpoint or any masked diffusion LM).")
 
     trainer = SPGTrainer(
-        model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        quantization_config=get_quantization_config(model_args),
-        peft_config=get_peft_config(model_args),
+        **trainer_model_arguments(model_args, training_args),
     )
     if task is not None and script_args.eval_every > 0:
         from trl_spg.task_evaluation import TaskEvaluationCallback

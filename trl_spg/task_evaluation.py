@@ -42,6 +42,7 @@ from trl.models.utils import unwrap_model_for_generation
 from .evaluation import generate_completions, render_prompts
 from .sampler import DECODING_MODES, EXACT_DECODING, KV_CACHES, decoding_option_problems
 from .tasks import Task, get_task, task_names
+from .tasks.sudoku_tiny import TINY_COMPLETION_LENGTH, TINY_MODEL, load_tiny_policy
 
 __all__ = [
     "TINY_MODEL",
@@ -54,10 +55,6 @@ __all__ = [
     "summarize",
 ]
 
-#: ``--model_name_or_path`` value selecting the built-in tiny Sudoku policy.
-TINY_MODEL = "tiny"
-#: Generation length used with the tiny policy unless ``--gen_lengths`` is given: its compact answer and EOS fit.
-TINY_GEN_LENGTH = 20
 DEFAULT_BLOCK_LENGTH = 32
 
 
@@ -471,14 +468,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_tiny():
-    from .tasks.sudoku import sudoku_split
-    from .tasks.sudoku_tiny import TinySudokuSpec, tiny_sudoku_model
-
-    # The seed of `examples/train_sudoku.py`'s default run, so both share the cached warm start.
-    return tiny_sudoku_model(sudoku_split()[0], TinySudokuSpec(seed=42))
-
-
 def _fast_decoding(args) -> dict:
     return {key: getattr(args, key) for key in EXACT_DECODING}
 
@@ -518,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     tiny = args.model_name_or_path == TINY_MODEL
     if tiny:
         with state.main_process_first():  # the first process warm-starts and caches, the others load the cache
-            model, tokenizer = _load_tiny()
+            model, tokenizer = load_tiny_policy()
     else:
         from .checkpoints import load_model_and_tokenizer
 
@@ -530,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model = model.to(state.device).eval()
 
     prompt_style = args.prompt_style or ("compact" if tiny and "compact" in task.prompts else None)
-    gen_lengths = args.gen_lengths or ([TINY_GEN_LENGTH] if tiny else None)
+    gen_lengths = args.gen_lengths or ([TINY_COMPLETION_LENGTH] if tiny else None)
     prompt_options = {"few_shot": args.few_shot} if args.few_shot is not None else {}
     result = evaluate_task(
         task,

@@ -180,3 +180,4 @@ def test_ablation_runs_each_method_from_the_same_warm_start_and_writes_its_repor
     assert "wd1/sequence_logp" in (tmp_path / "runs" / "wd1" / "seed-0" / "run.log").read_text()
     report = (tmp_path / "ablation.md").read_text()
     assert "| spg-elbo |" in report and "| wd1 |" in report and (tmp_path / "ablation.png").stat().st_size > 0
+    assert "--methods spg-elbo wd1 --seeds 1 --steps 2" in report and str(tmp_path) not in report

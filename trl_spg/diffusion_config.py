@@ -60,7 +60,9 @@ class DiffusionGRPOConfig(GRPOConfig):
             Block-wise approximate KV cache of the rollouts (`trl_spg.modeling.BlockKVCache`): `"prefix"` caches the
             positions before the current block, `"dual"` also those after it; refreshed by a full forward at the
             start of every block. `"none"`: every forward sees the whole canvas (exact). Needs a transformers model
-            with a KV cache (LLaDA / Dream as loaded by `trl_spg`).
+            with a KV cache (LLaDA / Dream as loaded by `trl_spg`). Rollouts from the cached model are off-policy for
+            the exact likelihood the loss uses: on the tiny Sudoku task they lost the RL gain that exact and
+            threshold rollouts gave (docs/benchmarks.md), so prefer it for evaluation.
         rollout_cache_refresh_every (`int` or `None`, *optional*, defaults to `None`):
             Also refresh the KV cache every this many forwards within a block (`None`: only at block starts; `1`:
             every forward, i.e. the exact sampler's logits). Needs `rollout_kv_cache` `"prefix"` or `"dual"`.

@@ -151,6 +151,7 @@ def write_doc(path: Path, summaries: Sequence[dict], args, extra: Sequence[str],
             continue
         kept.append(arg)
     command = f"python benchmarks/ablation.py {' '.join(kept)}"
+    total_min = sum(row["wall_s"] for row in summaries) * len(args.seed_list) / 60
     methods = "\n".join(f"- `{row['method']}`: {DESCRIPTIONS[row['method']]}" for row in summaries)
     text = f"""# Ablation: SPG's bounds and the baselines on the tiny Sudoku task
 
@@ -164,7 +165,7 @@ solution grid.
 
 Command: `{command}`{" (extra example flags: `" + " ".join(extra) + "`)" if extra else ""}
 
-Machine: {machine_before}
+Machine: {machine_before}; all {len(summaries) * len(args.seed_list)} runs took {total_min:.0f} minutes.
 
 Methods:
 {methods}

@@ -5,6 +5,8 @@
     # any dataset with a "prompt" column and any TRL reward functions
     trl-spg --model_name_or_path GSAI-ML/LLaDA-8B-Instruct --dataset_name my/dataset \
         --reward_funcs my_lib.rewards.correctness think_format_reward --output_dir out
+    # on a CPU: the built-in tiny Sudoku policy with the Sudoku example's settings
+    trl-spg --task sudoku --model_name_or_path tiny --output_dir out
     # the paper's recipe on 8 GPUs
     accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml -m trl_spg.scripts.spg \
         --config examples/configs/gsm8k_llada.yaml

@@ -69,7 +69,7 @@ DESCRIPTIONS = {
 def run_method(method: str, seed: int, args, extra: Sequence[str]) -> dict:
     """One run of the example with the method's flags; its results and wall time."""
     flags = [*METHODS[method], "--max_steps", str(args.steps), "--eval_every", str(args.eval_every)]
-    flags += ["--eval_puzzles", str(args.eval_puzzles), "--use_cpu", str(args.device == "cpu").lower()]
+    flags += ["--eval_limit", str(args.eval_puzzles), "--use_cpu", str(args.device == "cpu").lower()]
     folder = Path(args.output_root) / method / f"seed-{seed}"
     return run_sudoku(
         seed,
@@ -95,7 +95,7 @@ def summarize(method: str, runs: Sequence[dict]) -> dict:
         "gain_stderr": stderr,
         "before": statistics.fmean(run["before"]["accuracy"] for run in runs),
         "after": statistics.fmean(run["after"]["accuracy"] for run in runs),
-        "per_seed": [(run["seed"], run["difference"], run["paired_stderr_grid"]) for run in runs],
+        "per_seed": [(run["seed"], run["difference"], run["paired_stderr_clustered"]) for run in runs],
         "train_s": statistics.fmean(run["train_runtime_s"] for run in runs),
         "wall_s": statistics.fmean(run["wall_s"] for run in runs),
         "curve": {
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             runs[method].append(run)
             print(
                 f"{method} seed {seed}: {run['before']['accuracy']:.4f} -> {run['after']['accuracy']:.4f}, gain "
-                f"{run['difference']:+.4f} +- {run['paired_stderr_grid']:.4f}, {run['wall_s']:.0f} s",
+                f"{run['difference']:+.4f} +- {run['paired_stderr_clustered']:.4f}, {run['wall_s']:.0f} s",
                 flush=True,
             )
     summaries = [summarize(method, runs[method]) for method in args.methods]

@@ -15,7 +15,7 @@ the per-step minimum there: part 1 measures what the KV cache saves per forward,
 threshold decoding come from a trained model (part 2).
 
 Part 2 (accuracy, ``--sudoku``, the default on CPU) decodes the held-out puzzles with the warm-started tiny Sudoku
-policy (`trl_spg.tasks.sudoku_tiny`, cached under ``$TRL_SPG_CACHE``) through `trl_spg.evaluation.evaluate_sudoku`,
+policy (`trl_spg.tiny.sudoku`, cached under ``$TRL_SPG_CACHE``) through `trl_spg.evaluation.generate_and_score`,
 greedily, in every mode and for a sweep of thresholds, at several (generation, block, steps) settings. Per mode:
 forwards per batch, the sampler's wall time (round-robin), held-out accuracy with its standard error, the paired
 change against the exact sampler, and token agreement with the exact greedy output.
@@ -28,7 +28,7 @@ change against the exact sampler, and token agreement with the exact greedy outp
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
 import statistics
 import time
 
@@ -139,56 +139,48 @@ def speed(args) -> None:
 
 
 @contextlib.contextmanager
-def decoding_mode(evaluation, options: dict, device: str, record: dict):
+def decoding_mode(options: dict, device: str, record: dict):
     """Make `trl_spg.evaluation` decode with ``options``; record the completion ids and the sampler's wall time."""
-    original = evaluation.diffusion_generate
+    from trl_spg.evaluation import decode
 
-    def patched(*args, **kwargs):
+    original = decode.diffusion_generate
+
+    def patched(model, ids, mask, config, **kwargs):
         synchronize(device)
         start = time.perf_counter()
-        ids = original(*args, **kwargs, **options)
+        out = original(model, ids, mask, dataclasses.replace(config, **options), **kwargs)
         synchronize(device)
         record["seconds"] += time.perf_counter() - start
         record["calls"] += 1
-        record["ids"].append(ids.cpu())
-        return ids
+        record["ids"].append(out.cpu())
+        return out
 
-    evaluation.diffusion_generate = patched
+    decode.diffusion_generate = patched
     try:
         yield
     finally:
-        evaluation.diffusion_generate = original
+        decode.diffusion_generate = original
     if not record["calls"]:
         raise RuntimeError("trl_spg.evaluation no longer decodes through `diffusion_generate`; update this script.")
 
 
-def paired_change(counts: list[tuple[int, int]], reference: list[tuple[int, int]]) -> tuple[float, float]:
-    """Accuracy change (pooled correct cells / cells) against ``reference`` on the same puzzles, with its paired
-    standard error (ratio estimate over puzzles, as `trl_spg.evaluation.sudoku_accuracy`)."""
-    total = sum(n for _, n in counts)
-    diffs = [(c - r, n) for (c, n), (r, _) in zip(counts, reference)]
-    change = sum(d for d, _ in diffs) / total
-    k = len(diffs)
-    residual = sum((d - change * n) ** 2 for d, n in diffs)
-    return change, math.sqrt(residual * k / max(k - 1, 1)) / total
-
-
 def sudoku(args) -> None:
-    from trl_spg import evaluation
-    from trl_spg.tasks.sudoku import cell_accuracy, parse_answer, sudoku_split
-    from trl_spg.tasks.sudoku_tiny import TinySudokuSpec, default_cache_dir, tiny_sudoku_model
+    from trl_spg.decoding import DecodingConfig
+    from trl_spg.evaluation import generate_and_score, paired_difference, summarize
+    from trl_spg.tasks import get_task
+    from trl_spg.tiny.sudoku import default_cache_dir, load_tiny_policy
 
-    train_rows, test_rows = sudoku_split(num_test_puzzles=max(256, args.sudoku_puzzles))
     start = time.perf_counter()
-    model, tokenizer = tiny_sudoku_model(train_rows, TinySudokuSpec(seed=args.sudoku_seed))
+    model, tokenizer = load_tiny_policy(seed=args.sudoku_seed)
     print(f"\ntiny Sudoku policy (warm-start seed {args.sudoku_seed}, cache {default_cache_dir()}) ready in ", end="")
     print(f"{time.perf_counter() - start:.1f} s")
     model = model.to(args.device).eval()
-    rows = test_rows[: args.sudoku_puzzles]
+    task = get_task("sudoku")
+    dataset = task.dataset("test", prompt_style="compact", data="builtin", limit=args.sudoku_puzzles)
     counter = ForwardCounter(model)
     for index, setting in enumerate(args.sudoku_settings):
         gen, block, steps = (int(x) for x in setting.split("/"))
-        decode = dict(gen_length=gen, block_length=block, steps=steps, batch_size=args.sudoku_batch)
+        decoding = DecodingConfig(gen_length=gen, block_length=block, steps=steps)
         # The threshold sweep runs at the first setting only.
         sweep = [m.replace("threshold", f"threshold@{t}") for m in args.sudoku_sweep for t in args.sudoku_thresholds]
         modes = list(args.sudoku_modes) + (sweep if index == 0 else [])
@@ -199,25 +191,22 @@ def sudoku(args) -> None:
             for name in modes:
                 record = {"seconds": 0.0, "calls": 0, "ids": []}
                 counter.reset()
-                with decoding_mode(evaluation, mode_options(name, args.threshold), args.device, record):
-                    result = evaluation.evaluate_sudoku(model, tokenizer, rows, **decode)
+                with decoding_mode(mode_options(name, args.threshold), args.device, record):
+                    records = generate_and_score(
+                        task, model, tokenizer, dataset, decoding, batch_size=args.sudoku_batch
+                    )
                 seconds[name].append(record["seconds"])
                 if round_index:
                     continue
-                counts = [
-                    cell_accuracy(parse_answer(text), row["puzzle"], row["solution"])
-                    for text, row in zip(result["completions"], rows)
-                ]
                 results[name] = dict(
-                    accuracy=result["accuracy"],
-                    stderr=result["stderr"],
-                    counts=counts,
+                    records=records,
+                    summary=summarize(records),
                     ids=torch.cat(record["ids"]),
                     forwards=counter.forwards / record["calls"],
                 )
         exact = results["exact"]
         print(
-            f"\nSudoku, {len(rows)} held-out puzzles, greedy, generation {gen}, block {block}, {steps} steps, "
+            f"\nSudoku, {len(dataset)} held-out puzzles, greedy, generation {gen}, block {block}, {steps} steps, "
             f"batch {args.sudoku_batch}; sampler time = median of {args.sudoku_repeats} round-robin rounds"
         )
         header = f"{'mode':<18} {'fwd/batch':>9} {'sampler s':>9} {'speed-up':>8} {'accuracy':>16} "
@@ -225,12 +214,13 @@ def sudoku(args) -> None:
         for name in modes:
             res = results[name]
             median = statistics.median(seconds[name])
-            change, change_se = paired_change(res["counts"], exact["counts"])
+            change = paired_difference(exact["records"], res["records"])
             same = (res["ids"] == exact["ids"]).all(-1).double().mean().item()
             print(
                 f"{name:<18} {res['forwards']:>9.2f} {median:>9.3f} "
                 f"{statistics.median(seconds['exact']) / median:>7.2f}x "
-                f"{res['accuracy']:>8.4f} +- {res['stderr']:.4f} {change:>+9.4f} +- {change_se:.4f} "
+                f"{res['summary']['accuracy']:>8.4f} +- {res['summary']['stderr']:.4f} "
+                f"{change['difference']:>+9.4f} +- {change['stderr']:.4f} "
                 f"{agreement(res['ids'], exact['ids']):>12.4f} {same:>9.3f}",
                 flush=True,
             )
@@ -247,7 +237,7 @@ def main() -> None:
     sudoku_flags.add_argument("--sudoku", dest="sudoku", action="store_true", default=None, help="run part 2")
     sudoku_flags.add_argument("--no-sudoku", dest="sudoku", action="store_false", help="skip part 2")
     p.add_argument("--sudoku-seed", type=int, default=42, help="warm-start seed (SPGConfig's default seed: 42)")
-    p.add_argument("--sudoku-puzzles", type=int, default=256, help="held-out puzzles (the example's 256 by default)")
+    p.add_argument("--sudoku-puzzles", type=int, default=256, help="held-out puzzles (default 256)")
     p.add_argument("--sudoku-batch", type=int, default=128)
     p.add_argument("--sudoku-repeats", type=int, default=3)
     p.add_argument(

@@ -96,7 +96,7 @@ def format_table(rows: Sequence[dict]) -> str:
     ]
     for row in rows:
         before, after = row["before"], row["after"]
-        by_grid, by_puzzle = row["paired_stderr_grid"], row["paired_stderr"]
+        by_grid, by_puzzle = row["paired_stderr_clustered"], row["paired_stderr"]
         ratio = f"{row['difference'] / by_grid:.1f}" if by_grid else "-"
         lines.append(
             f"| {row['seed']} | {before['accuracy']:.4f} | {after['accuracy']:.4f} | {row['difference']:+.4f} "
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         rows.append(row)
         print(
             f"seed {seed}: {row['before']['accuracy']:.4f} -> {row['after']['accuracy']:.4f}, "
-            f"gain {row['difference']:+.4f} +- {row['paired_stderr_grid']:.4f} (by grid), {row['wall_s']:.0f} s",
+            f"gain {row['difference']:+.4f} +- {row['paired_stderr_clustered']:.4f} (by grid), {row['wall_s']:.0f} s",
             flush=True,
         )
     print(f"machine after: {machine()}")

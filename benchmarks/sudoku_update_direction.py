@@ -28,7 +28,7 @@ from trl_spg.evaluation import evaluate_sudoku  # noqa: E402
 from trl_spg.objective import SPGObjective  # noqa: E402
 from trl_spg.sampler import completion_mask_from_ids, diffusion_generate  # noqa: E402
 from trl_spg.tasks.sudoku import compact_completion, compact_prompt, sudoku_reward, sudoku_split  # noqa: E402
-from trl_spg.tasks.sudoku_tiny import TINY_COMPLETION_LENGTH, TinySudokuSpec, tiny_sudoku_model  # noqa: E402
+from trl_spg.tiny.sudoku import TINY_COMPLETION_LENGTH, TinySudokuSpec, tiny_sudoku_model  # noqa: E402
 
 DEFAULT_SETTINGS = ["mix:0.15:0.3", "mix:0:0.3", "mix:0:0", "elbo:0.15:0.3", "elbo:0:0.3", "none:0:0.3"]
 

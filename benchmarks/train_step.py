@@ -35,8 +35,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-import trl_spg.diffusion_trainer
 import trl_spg.scoring
+import trl_spg.trainers.diffusion_trainer
 from trl_spg import SPGConfig, SPGTrainer
 
 PARTS = ("rollout", "scoring", "backward", "optimizer", "other")
@@ -146,7 +146,7 @@ def run(args, implementation: str) -> list[dict[str, float]]:
     patched = []
     if implementation == "old":
         patched = [
-            (trl_spg.diffusion_trainer, "diffusion_generate", reference_generate),
+            (trl_spg.trainers.diffusion_trainer, "diffusion_generate", reference_generate),
             (
                 trl_spg.scoring,
                 "token_logprobs",

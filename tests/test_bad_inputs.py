@@ -18,8 +18,8 @@ from tiny_models import BareDiffusionLM, char_variety, make_args, tiny_bidirecti
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from trl_spg import SPGTrainer
-from trl_spg.model_card import UNKNOWN_BASE_MODEL
 from trl_spg.tiny import build_char_tokenizer, build_tiny_diffusion_lm
+from trl_spg.trainers.model_card import UNKNOWN_BASE_MODEL
 
 
 def make_trainer(tmp_path, model, tokenizer, dataset, **overrides):
@@ -236,7 +236,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     for job in (resumed, uninterrupted):
         assert job.wait(timeout=180) == 0, job.stderr.read().decode()[-2000:]
     resumed_at = int((tmp_path / "killed" / "resumed_at").read_text())
-    assert resumed_at == 2 and 3 - resumed_at <= 2
+    assert resumed_at == 2  # the last checkpoint before the kill
     weights = [
         load_file(path / "final" / "model.safetensors") for path in (tmp_path / "killed", tmp_path / "uninterrupted")
     ]

@@ -8,12 +8,12 @@ from peft import LoraConfig
 from tiny_models import char_variety, make_args, tiny_bidirectional_llama
 
 from trl_spg import DiffuGRPOConfig, DiffuGRPOTrainer, WD1Config, WD1Trainer
-from trl_spg.d1 import D1_METHOD, MASKS_KEY
 from trl_spg.masking import one_step_masks
-from trl_spg.model_card import spg_model_card
 from trl_spg.scoring import one_step_token_logprobs
 from trl_spg.seeding import make_generator
-from trl_spg.wd1 import WD1_METHOD, WEIGHTS_KEY, wd1_loss, wd1_weights
+from trl_spg.trainers.d1_trainer import D1_METHOD, MASKS_KEY
+from trl_spg.trainers.model_card import build_model_card
+from trl_spg.trainers.wd1_trainer import WD1_METHOD, WEIGHTS_KEY, wd1_loss, wd1_weights
 
 MASK = 7
 
@@ -317,7 +317,7 @@ def test_trainers_reject_each_others_configs(tmp_path, tiny_model, tiny_tokenize
     "method, paper, tags", [(D1_METHOD, "2504.12216", ["d1", "diffu-grpo"]), (WD1_METHOD, "2507.08838", ["wd1"])]
 )
 def test_baseline_model_cards_name_their_method(method, paper, tags):
-    card = spg_model_card(
+    card = build_model_card(
         model_name="tiny",
         base_model=None,
         hub_model_id=None,

@@ -17,13 +17,6 @@ from tiny_models import char_variety, make_args
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from trl_spg import SPGTrainer
-from trl_spg.checkpoints import (
-    CONVERSION_MARKER,
-    convert_checkpoint,
-    converted_checkpoint,
-    load_model_and_tokenizer,
-    map_parameter_name,
-)
 from trl_spg.masking import MonteCarloMasks
 from trl_spg.modeling import (
     forward_logits,
@@ -31,6 +24,13 @@ from trl_spg.modeling import (
     position_ids_from_mask,
     resolve_eos_token_ids,
     unwrap_model,
+)
+from trl_spg.models.checkpoints import (
+    CONVERSION_MARKER,
+    convert_checkpoint,
+    converted_checkpoint,
+    load_model_and_tokenizer,
+    map_parameter_name,
 )
 from trl_spg.sampler import diffusion_generate
 from trl_spg.scoring import masked_token_logprobs

@@ -29,6 +29,7 @@ def tiny_folder(tmp_path, tiny_model, tiny_tokenizer):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_help_lists_spg_model_and_script_flags():
     command = shutil.which("trl-spg")
     assert command is not None, "the trl-spg console script is not installed"
@@ -116,7 +117,6 @@ def test_paper_recipes_parse_and_carry_the_task_settings(name, tmp_path):
     script_args, training_args, model_args, _ = make_parser().parse_args_and_config(args=argv)
     task = get_task(script_args.task)
     assert task.name == name and model_args.model_name_or_path == "GSAI-ML/LLaDA-8B-Instruct"
-    assert {key: getattr(training_args, key) for key in task.training} == dict(task.training)
     assert training_args.num_generations == 6 and training_args.num_iterations == 4
     assert training_args.learning_rate == 3e-6 and training_args.max_grad_norm == 0.2
     assert (training_args.max_completion_length, training_args.block_length, training_args.diffusion_steps) == (
@@ -153,23 +153,50 @@ def test_task_flag_gives_data_prompts_and_rewards(tiny_folder):
 
 
 def test_tiny_model_runs_the_builtin_cpu_default(tmp_path, monkeypatch):
-    from trl_spg.tasks import sudoku_tiny
+    from trl_spg.tiny import sudoku as tiny_sudoku
 
     # The real warm start takes a minute; a 1-layer, 2-step one goes through the same loading code.
-    toy_spec = functools.partial(
-        sudoku_tiny.TinySudokuSpec, hidden_size=32, num_layers=1, sft_steps=2, sft_batch_size=4
-    )
-    monkeypatch.setattr(sudoku_tiny, "TinySudokuSpec", toy_spec)
+    toy_spec = functools.partial(tiny_sudoku.TinySudokuSpec, hidden_size=32, num_layers=1, sft_batch_size=4)
+    monkeypatch.setattr(tiny_sudoku, "TinySudokuSpec", toy_spec)
     monkeypatch.setenv("TRL_SPG_CACHE", str(tmp_path / "cache"))
     args = ["--model_name_or_path", "tiny", "--task", "sudoku", "--output_dir", str(tmp_path / "out")]
     args += ["--max_steps", "1", "--per_device_train_batch_size", "8", "--num_generations", "4", "--seed", "3"]
+    args += ["--tiny_warm_start_steps", "2", "--eval_before_after", "false"]
     trainer = main(args + ["--bf16", "false", "--use_cpu", "true"])
-    # The example's tiny settings and compact prompts apply; flags still win.
-    settings = sudoku_tiny.tiny_training_defaults(type(trainer.args))
+    # The tiny run's settings and compact prompts apply; flags still win.
     assert trainer.state.global_step == 1 and trainer.args.per_device_train_batch_size == 8
     assert (trainer.args.max_completion_length, trainer.args.p_mask_prompt) == (20, 0.0)
-    assert trainer.args.lr_scheduler_type == settings["lr_scheduler_type"] and trainer.args.report_to == []
+    assert trainer.args.lr_scheduler_type == tiny_sudoku.TRAINING_DEFAULTS["lr_scheduler_type"]
+    assert trainer.args.report_to == []
     assert trainer.train_dataset[0]["prompt"].endswith("=")
     # The policy is the warm start for that seed, cached where the evaluation CLI finds it too.
     assert len(list((tmp_path / "cache").glob("tiny-sudoku-*"))) == 1
     assert trainer.model.config.hidden_size == 32
+
+
+def test_parse_applies_tiny_defaults_only_for_the_tiny_model(tmp_path):
+    from trl_spg import DiffuGRPOConfig, WD1Config
+    from trl_spg.scripts.spg import parse_args
+
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: 0.002\nnum_generations: 4\nmodel_name_or_path: tiny\n")
+    script_args, training_args, model_args, _ = parse_args(["--config", str(config), "--max_steps", "7"])
+    # YAML and flags win over the tiny run's settings, which fill in the rest.
+    assert training_args.learning_rate == 0.002 and training_args.max_steps == 7
+    assert (training_args.max_completion_length, training_args.p_mask_prompt) == (20, 0.0)
+    assert script_args.eval_before_after and training_args.output_dir.endswith("outputs/sudoku-tiny-spg")
+    # A named model keeps the config's own defaults.
+    _, training_args, model_args, _ = parse_args(
+        ["--model_name_or_path", "some/model", "--use_peft", "--lora_r", "8", "--bf16", "false"]
+    )
+    assert training_args.max_completion_length == 256 and training_args.p_mask_prompt == 0.15
+    assert model_args.use_peft and model_args.lora_r == 8
+    # A baseline gets the shared tiny settings, keeps its own (d1's prompt masking, beta) and its own output folder.
+    _, training_args, _, _ = parse_args(["--model_name_or_path", "tiny", "--algorithm", "d1"])
+    assert isinstance(training_args, DiffuGRPOConfig) and training_args.output_dir.endswith("sudoku-tiny-d1")
+    assert (training_args.max_completion_length, training_args.p_mask_prompt, training_args.beta) == (20, 0.15, 0.04)
+    config.write_text("algorithm: wd1\nmodel_name_or_path: tiny\n")
+    _, training_args, _, _ = parse_args(["--config", str(config)])
+    assert isinstance(training_args, WD1Config) and training_args.psi == 1.0 and not training_args.bf16
+    with pytest.raises(ValueError, match="expected one of"):
+        parse_args(["--algorithm", "ppo"])

@@ -1,8 +1,8 @@
-"""SPGConfig: paper defaults and early, explicit rejections."""
+"""SPGConfig and DecodingConfig: the default rule of the decoding settings and early, explicit rejections."""
 
 import pytest
 
-from trl_spg import SPGConfig
+from trl_spg import DecodingConfig, SPGConfig
 
 
 def make(**overrides):
@@ -11,20 +11,27 @@ def make(**overrides):
     return SPGConfig(**options)
 
 
-def test_paper_defaults():
-    config = make()
-    assert config.scale_rewards == "none" and config.beta == 0.0 and config.temperature == 0.9
-    assert (config.negative_bound, config.eubo_beta, config.mix_weight) == ("mix", 1.5, 0.5)
-    assert (config.masking_strategy, config.num_mc_masks, config.p_mask_prompt) == ("block_random", 2, 0.15)
-    assert config.block_sampling == "stratified"
-    assert (config.max_completion_length, config.block_length, config.diffusion_steps) == (256, 32, 128)
-    # Rollouts use the exact sampler unless a fast mode is asked for.
-    assert (config.rollout_decoding, config.rollout_kv_cache, config.rollout_cache_refresh_every) == (
-        "fixed",
-        "none",
-        None,
+@pytest.mark.parametrize(
+    "length, block, steps",
+    [(256, 32, 128), (512, 32, 256), (128, 32, 64), (20, 20, 10), (48, 48, 24), (100, 100, 50), (1, 1, 1)],
+)
+def test_one_default_rule_for_block_and_steps(length, block, steps):
+    """Block 32 when it divides the length, else the whole generation; steps = length / 2 rounded to the blocks.
+    Rollouts (the config) and evaluation (DecodingConfig, any length) apply the same rule."""
+    resolved = DecodingConfig(gen_length=length).resolved()
+    assert (resolved.block_length, resolved.steps) == (block, steps)
+    config = make(max_completion_length=length)
+    assert (config.block_length, config.diffusion_steps) == (block, steps)
+    assert config.rollout_config() == DecodingConfig(
+        gen_length=length, block_length=block, steps=steps, temperature=0.9
     )
-    assert (config.rollout_threshold, config.rollout_min_tokens_per_step) == (0.9, None)
+
+
+def test_other_lengths_keep_the_block_where_it_divides():
+    rollout = DecodingConfig(gen_length=20, block_length=10, steps=20)
+    assert (rollout.at_length(20).block_length, rollout.at_length(20).steps) == (10, 20)
+    assert (rollout.at_length(40).block_length, rollout.at_length(40).steps) == (10, 20)
+    assert (rollout.at_length(48).block_length, rollout.at_length(48).steps) == (48, 24)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +68,7 @@ def test_paper_defaults():
         ({"rollout_kv_cache": "full"}, "rollout_kv_cache"),
         ({"rollout_cache_refresh_every": 4}, "rollout_cache_refresh_every needs"),
         ({"rollout_kv_cache": "dual", "rollout_cache_refresh_every": 0}, "rollout_cache_refresh_every"),
+        ({"temperature": -1.0}, "temperature=-1.0: must be >= 0"),
     ],
 )
 def test_rejections_name_the_fix(overrides, message):

@@ -10,7 +10,7 @@ import torch
 from tiny_models import ConstantLogits, tiny_bidirectional_llama, tiny_bidirectional_qwen2
 
 from trl_spg.modeling import BlockKVCache, forward_logits
-from trl_spg.sampler import EXACT_DECODING, diffusion_generate, reveal_schedule
+from trl_spg.sampler import diffusion_generate, reveal_schedule
 
 MODELS = {"llama": tiny_bidirectional_llama, "qwen2_shifted": tiny_bidirectional_qwen2}
 FAST_MODES = [
@@ -269,11 +269,3 @@ def test_kv_cache_through_a_peft_model():
     ids, mask = _prompts(16)
     exact = _run(model, ids, mask, mask_token_id=15)
     assert torch.equal(_run(model, ids, mask, mask_token_id=15, kv_cache="dual", cache_refresh_every=1), exact)
-
-
-def test_exact_decoding_lists_the_fast_keywords_at_their_defaults():
-    """`EXACT_DECODING` (used by the evaluation CLI and the callback) is `diffusion_generate`'s own defaults."""
-    import inspect
-
-    parameters = inspect.signature(diffusion_generate).parameters
-    assert EXACT_DECODING == {name: parameters[name].default for name in EXACT_DECODING}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import inspect
 import io
 import re
@@ -11,8 +12,10 @@ import re
 import pytest
 from huggingface_hub import ModelCard
 
-from trl_spg.model_card import UNKNOWN_BASE_MODEL, spg_model_card
+from trl_spg.decoding import DecodingConfig
 from trl_spg.sampler import diffusion_generate
+from trl_spg.trainers.model_card import UNKNOWN_BASE_MODEL, build_model_card
+from trl_spg.trainers.spg_trainer import SPG_METHOD
 
 BASE = "GSAI-ML/LLaDA-8B-Instruct"
 SETTINGS = {"negative_bound": "mix", "eubo_beta": 1.5, "num_mc_masks": 2, "learning_rate": 3e-6}
@@ -38,9 +41,10 @@ def make_card(**overrides) -> str:
         dataset_name="openai/gsm8k",
         tags=["gsm8k"],
         versions=VERSIONS,
+        method=SPG_METHOD,
     )
     kwargs.update(overrides)
-    return str(spg_model_card(**kwargs))
+    return str(build_model_card(**kwargs))
 
 
 def python_snippet(text: str) -> str:
@@ -76,7 +80,7 @@ def test_snippet_passes_the_decoding_settings_to_the_sampler(is_adapter):
     assert {key: ast.literal_eval(value) for key, value in keywords.items()} == DECODING
     parameters = inspect.signature(diffusion_generate).parameters
     required = {name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty}
-    assert required <= set(keywords) <= set(parameters)
+    assert required <= set(keywords) <= {*parameters, *(f.name for f in dataclasses.fields(DecodingConfig))}
     assert ("PeftModel.from_pretrained" in snippet) == is_adapter
     assert "pipeline(" not in snippet and ".generate(" not in snippet
 

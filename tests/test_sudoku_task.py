@@ -6,16 +6,17 @@ import random
 import datasets
 import pytest
 
+from trl_spg.tasks import get_task
 from trl_spg.tasks.sudoku import (
+    TASK,
     all_grids,
     cell_accuracy,
     compact_completion,
-    few_shot_examples,
+    instruct_prompt,
     is_valid_grid,
     make_puzzle,
     parse_answer,
     solve_count,
-    sudoku_dataset,
     sudoku_reward,
     sudoku_split,
 )
@@ -154,6 +155,19 @@ def test_split_grids_disjoint_and_puzzles_distinct(split):
     assert len({row["puzzle"] for row in train}) == len(train)
 
 
+def test_builtin_test_split_extends_the_default_one(split):
+    train, test = split
+    builtin_train, builtin_test = sudoku_split(num_test_puzzles=1024)
+    assert builtin_train == train
+    assert len(builtin_test) == 1024 and builtin_test[:256] == test  # puzzles are generated one after the other
+    assert len({row["puzzle"] for row in builtin_test}) == 1024
+    assert {row["solution"] for row in builtin_test} == {row["solution"] for row in test}
+    assert TASK.builtin("test") == builtin_test and TASK.builtin("train") == train
+    assert TASK.builtin("test") is not TASK.builtin("test")  # fresh copies of the cached split
+    with pytest.raises(ValueError, match="splits 'train' and 'test'"):
+        TASK.builtin("validation")
+
+
 def test_split_options():
     train, test = sudoku_split(num_train_grids=100, num_test_puzzles=50, seed=3, num_empty=6, train_puzzles_per_grid=2)
     assert len(train) == 200 and len(test) == 50
@@ -166,9 +180,9 @@ def test_split_options():
 
 def test_compact_dataset_and_completion(split):
     train, _ = split
-    ds = sudoku_dataset(train[:5])
+    ds = get_task("sudoku").dataset("train", prompt_style="compact", limit=5)
     assert isinstance(ds, datasets.Dataset)
-    assert set(ds.column_names) == {"prompt", "puzzle", "solution"}
+    assert ds.column_names == ["puzzle", "solution", "prompt"]
     assert ds[0]["prompt"] == train[0]["puzzle"] + "="
     assert ds[0]["solution"] == train[0]["solution"]
     assert compact_completion(GRID) == f"<answer>{GRID}</answer>"
@@ -180,7 +194,7 @@ def test_compact_dataset_and_completion(split):
 
 def test_instruct_dataset_zero_shot(split):
     _, test = split
-    ds = sudoku_dataset(test[:3], prompt_style="instruct", few_shot=0)
+    ds = get_task("sudoku").dataset("test", prompt_style="instruct", few_shot=0, limit=3)
     prompt = ds[0]["prompt"]
     assert isinstance(prompt, list) and len(prompt) == 1 and prompt[0]["role"] == "user"
     content = prompt[0]["content"]
@@ -191,21 +205,24 @@ def test_instruct_dataset_zero_shot(split):
 
 def test_instruct_dataset_few_shot_uses_training_examples_only(split):
     train, test = split
-    examples = few_shot_examples(train, k=3)
-    assert examples == few_shot_examples(train, k=3)
-    train_solutions = {row["solution"] for row in train}
+    # The worked examples are the first training rows with distinct solutions (round-robin over training grids).
+    examples = train[:3]
+    assert len({ex["solution"] for ex in examples}) == 3
     test_solutions = {row["solution"] for row in test}
-    assert all(ex["solution"] in train_solutions and ex["solution"] not in test_solutions for ex in examples)
-    ds = sudoku_dataset(test, prompt_style="instruct", few_shot=3, examples=examples)
+    assert not {ex["solution"] for ex in examples} & test_solutions
+    ds = get_task("sudoku").dataset("test", prompt_style="instruct", few_shot=3)
+    assert ds["puzzle"] == [row["puzzle"] for row in sudoku_split(num_test_puzzles=1024)[1]]
+    assert ds[0]["prompt"] == instruct_prompt(ds[0]["puzzle"], examples)
     for content in (ds[i]["prompt"][0]["content"] for i in (0, len(ds) - 1)):
         for ex in examples:
             assert ex["puzzle"] in content and f"<answer>{ex['solution']}</answer>" in content
         assert not any(sol in content for sol in test_solutions)
-    # Examples are never guessed: instruct + few_shot needs them explicitly.
-    with pytest.raises(ValueError):
-        sudoku_dataset(test[:2], prompt_style="instruct", few_shot=3)
-    with pytest.raises(ValueError):
-        sudoku_dataset(test[:2], prompt_style="chat")
+    example = {"puzzle": test[0]["puzzle"], "solution": test[0]["solution"]}
+    assert TASK.format_prompt(example, "instruct", few_shot=200)[0]["content"].count("Example ") == 200
+    with pytest.raises(ValueError, match="need 201 distinct training solutions"):  # 200 training grids
+        TASK.format_prompt(example, "instruct", few_shot=201)
+    with pytest.raises(ValueError, match="prompt styles"):
+        get_task("sudoku").dataset("test", prompt_style="chat", limit=2)
 
 
 # --- parsing and reward -----------------------------------------------------------------------------------------
@@ -313,20 +330,27 @@ def _answer_with_wrong(puzzle, grid, wrong):
 
 
 def test_sudoku_accuracy_and_paired_stderr_hand_computed():
-    from trl_spg.evaluation import paired_stderr, sudoku_accuracy
+    from trl_spg.evaluation import paired_difference, summarize
 
     puzzles, solutions = [PUZZLE, PUZZLE_B, PUZZLE_2], [GRID, GRID, GRID_2]
     assert [solve_count(p) for p in puzzles] == [1, 1, 1] and [p.count("0") for p in puzzles] == [8, 8, 8]
+
+    def records(wrong):
+        answers = [_answer_with_wrong(p, g, w) for p, g, w in zip(puzzles, solutions, wrong)]
+        examples = [{"puzzle": p, "solution": g} for p, g in zip(puzzles, solutions)]
+        return [{**TASK.score(a, e), **e} for a, e in zip(answers, examples)]
+
     # Correct cells before: 6, 8, 2 of 8; after: 8, 8, 4 (per-puzzle differences 2, 0, 2; per grid 2 and 2).
-    before = [_answer_with_wrong(p, g, w) for p, g, w in zip(puzzles, solutions, [2, 0, 6])]
-    after = [_answer_with_wrong(p, g, w) for p, g, w in zip(puzzles, solutions, [0, 0, 4])]
-    result = sudoku_accuracy(before, puzzles, solutions)
-    assert (result["correct"], result["empty_cells"], result["puzzles"], result["grids"]) == (16, 24, 3, 2)
+    before, after = records([2, 0, 6]), records([0, 0, 4])
+    result = summarize(before, TASK.cluster_key)
+    assert (result["correct"], result["total"], result["problems"], result["clusters"]) == (16, 24, 3, 2)
     assert result["accuracy"] == pytest.approx(2 / 3, abs=1e-15)
     # Residuals c - (2/3) n: 2/3, 8/3, -10/3 (puzzles); 10/3, -10/3 (grids).
     assert result["stderr"] == pytest.approx(math.sqrt(28) / 24, abs=1e-15)
-    assert result["stderr_grid"] == pytest.approx(5 / 18, abs=1e-15)
+    assert result["stderr_clustered"] == pytest.approx(5 / 18, abs=1e-15)
     # Difference 4 / 24 = 1/6; residuals d - n / 6: 2/3, -4/3, 2/3 (puzzles); -2/3, 2/3 (grids of 16 and 8 cells).
-    assert paired_stderr(before, after, puzzles, solutions) == pytest.approx(1 / 12, abs=1e-15)
-    assert paired_stderr(before, after, puzzles, solutions, by_grid=True) == pytest.approx(1 / 18, abs=1e-15)
-    assert paired_stderr(before, before, puzzles, solutions) == 0.0
+    paired = paired_difference(before, after, TASK.cluster_key)
+    assert paired["difference"] == pytest.approx(1 / 6, abs=1e-15)
+    assert paired["stderr"] == pytest.approx(1 / 12, abs=1e-15)
+    assert paired["stderr_clustered"] == pytest.approx(1 / 18, abs=1e-15)
+    assert paired_difference(before, before)["stderr"] == 0.0

@@ -113,18 +113,46 @@ def test_countdown_reward_values(conversational):
     [
         "9**9**9",
         "9**9",
+        "2**3",
         "8//3",
+        "7//2",
         "(" * 5000 + "1" + ")" * 5000,
+        "(" * 1000 + "1" + ")" * 1000,
+        "(" * 33 + "1" + ")" * 33,
+        "-" * 33 + "1",
+        "(" * 16 + "-" * 17 + "1" + ")" * 16,
         "-" * 100 + "1",
         "1" * 5000,
         "99999999999999*99999999999999",
         "+".join(["9"] * 200),
         "1e9",
+        "1e5",
+        "1E3",
+        "1_000",
+        "0x10",
+        "1j",
+        "1234567890123",
+        "123456.1234567",
+        " " + "+".join(["1"] * 150),  # 300 characters
         "__import__('os')",
+        "~1",
+        "1 % 2",
+        "1 if 1 else 2",
+        "(1, 2)",
+        "[1]",
+        "2(3)",
+        "(1)(2)",
+        "1 .5",
+        "1.2.3",
+        "2* *3",
+        "2/ /3",
+        "1\\\n+2",
         "abs(-3)",
         "(1+2",
         "1+2)",
         "3/(5-5)",
+        "1/0",
+        "0*(1/0)",
         "4 5",
         "",
         "()",
@@ -147,6 +175,32 @@ def test_expression_evaluation_is_exact_and_follows_precedence():
     assert evaluate_expression("8 - 3 - 2") == 3 and evaluate_expression("16 / 4 / 2") == 2
     assert evaluate_expression("-(3 - 5) * +2") == 4
     assert evaluate_expression(" 2.5 * 2 ") == 5
+
+
+def test_expression_evaluation_accepts_what_the_grammar_allows_up_to_the_limits():
+    from fractions import Fraction
+
+    from trl_spg.tasks.countdown import MAX_DEPTH, MAX_EXPRESSION_LENGTH, MAX_LITERAL_DIGITS
+
+    assert (MAX_EXPRESSION_LENGTH, MAX_DEPTH, MAX_LITERAL_DIGITS) == (256, 32, 12)
+    assert evaluate_expression("1+" * 127 + "10") == 137  # exactly 256 characters
+    assert evaluate_expression("(" * 32 + "1" + ")" * 32) == 1  # parentheses and unary signs count together
+    assert evaluate_expression("-" * 32 + "1") == 1
+    assert evaluate_expression("(" * 16 + "-" * 16 + "1" + ")" * 16) == 1
+    assert evaluate_expression("-(" * 16 + "1" + ")" * 16) == 1
+    assert evaluate_expression("(1)" + "*(-1)" * 40) == 1  # nesting is per number, not accumulated
+    assert evaluate_expression("123456789012") == 123456789012
+    assert evaluate_expression("123456.123456") == Fraction("123456.123456")
+    assert evaluate_expression("0.1 + 0.2") == Fraction(3, 10)  # decimals are exact, not binary floats
+    assert evaluate_expression(".5") == Fraction(1, 2) and evaluate_expression("5.+1") == 6
+    assert evaluate_expression("007 + 1") == 8 and evaluate_expression("000000000001") == 1
+    assert evaluate_expression("0000000000001") is None  # 13 digits
+    assert evaluate_expression("2--3") == 5 and evaluate_expression("2*-3") == -6 and evaluate_expression("+-+1") == -1
+    assert evaluate_expression("3 +\n 5") == 8 and evaluate_expression("\t3*5\n") == 15
+    assert evaluate_expression("1\u00a0+\u20032") == 3  # any whitespace
+    assert evaluate_expression("\u0663+\u0664") == 7  # any decimal digits (Arabic-Indic 3 and 4)
+    assert evaluate_expression("0/5") == 0
+    assert all(isinstance(evaluate_expression(text), Fraction) for text in ("1", "1.5", "-(2)", "1/3"))
 
 
 COUNTDOWN_SCORES = [

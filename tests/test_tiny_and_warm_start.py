@@ -1,13 +1,16 @@
 """Tests for the in-code tiny tokenizer / model (`trl_spg.tiny`) and the diffusion SFT warm start."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import AutoTokenizer
 
 from trl_spg.tiny import build_char_tokenizer, build_tiny_diffusion_lm
-from trl_spg.warm_start import diffusion_sft
+from trl_spg.tiny.warm_start import LR_SCHEDULES, _left_pad, diffusion_sft
 
 PROMPTS = ["1+2=", "3+4=", "ab:", "xyz:"]
 COMPLETIONS = ["<answer>3</answer>", "<answer>7</answer>", "ba", "zyx"]
@@ -210,29 +213,45 @@ def test_diffusion_sft_requires_mask_token(tokenizer):
 
 
 def test_diffusion_sft_learning_rate_schedules(tokenizer):
-    from trl_spg.warm_start import LR_SCHEDULES
+    assert LR_SCHEDULES == ("constant", "linear", "cosine")
 
-    # Multipliers at steps 1..4 of 4: constant, linear to 0, half a cosine to 0.
-    assert [LR_SCHEDULES["constant"](step, 4) for step in range(1, 5)] == [1.0] * 4
-    assert [LR_SCHEDULES["linear"](step, 4) for step in range(1, 5)] == [1.0, 0.75, 0.5, 0.25]
-    cosine = [LR_SCHEDULES["cosine"](step, 4) for step in range(1, 5)]
-    assert cosine == pytest.approx([1.0, 0.5 + 0.5 * math.sqrt(0.5), 0.5, 0.5 - 0.5 * math.sqrt(0.5)], abs=1e-15)
+    def run(schedule, steps, multipliers=None):
+        def record(optimizer, args, kwargs):
+            multipliers.append(optimizer.param_groups[0]["lr"] / 1e-2)
 
-    def run(schedule, steps):
         model = build_tiny_diffusion_lm(tokenizer, seed=1)
-        losses = diffusion_sft(
-            model,
-            tokenizer,
-            PROMPTS,
-            COMPLETIONS,
-            completion_length=COMPLETION_LENGTH,
-            num_steps=steps,
-            batch_size=2,
-            learning_rate=1e-2,
-            lr_schedule=schedule,
-            generator=torch.Generator().manual_seed(3),
-        )
+        hook = register_optimizer_step_pre_hook(record) if multipliers is not None else None
+        try:
+            losses = diffusion_sft(
+                model,
+                tokenizer,
+                PROMPTS,
+                COMPLETIONS,
+                completion_length=COMPLETION_LENGTH,
+                num_steps=steps,
+                batch_size=2,
+                learning_rate=1e-2,
+                lr_schedule=schedule,
+                generator=torch.Generator().manual_seed(3),
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
         return losses, model.lm_head.weight.detach().clone()
+
+    # Multipliers at steps 1..4 of 4: constant, linear to 0, half a cosine to 0 (no warm-up).
+    expected = {
+        "constant": [1.0] * 4,
+        "linear": [1.0, 0.75, 0.5, 0.25],
+        "cosine": [1.0, 0.5 + 0.5 * math.sqrt(0.5), 0.5, 0.5 - 0.5 * math.sqrt(0.5)],
+    }
+    for schedule, multipliers in expected.items():
+        seen = []
+        run(schedule, 4, seen)
+        assert seen == pytest.approx(multipliers, abs=1e-12), schedule
+    constant_lrs = []
+    run("constant", 3, constant_lrs)
+    assert constant_lrs == [1.0] * 3  # exactly the given rate: the default schedule changes nothing
 
     # One step: every schedule starts at the full learning rate; after two, the decayed ones have moved less.
     one = [run(schedule, 1) for schedule in ("constant", "linear", "cosine")]
@@ -243,3 +262,58 @@ def test_diffusion_sft_learning_rate_schedules(tokenizer):
     assert (linear - start).norm() < (constant - start).norm()
     with pytest.raises(ValueError, match="lr_schedule"):
         run("step", 1)
+
+
+def test_left_pad_right_aligns_prompts_with_their_attention_mask():
+    input_ids, attention_mask = _left_pad([[5, 6, 7], [8], []], pad_token_id=0)
+    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert input_ids.dtype == attention_mask.dtype == torch.long
+
+
+# --- package layout and the tiny Sudoku policy ------------------------------------------------------------------
+
+
+def test_tiny_package_imports_only_the_model_builders():
+    """`import trl_spg.tiny` must not pull in the warm start or the Sudoku policy; `tiny.sudoku` nothing above it."""
+    code = (
+        "import sys, trl_spg.tiny as t; "
+        "assert {'build_char_tokenizer', 'build_tiny_diffusion_lm', 'bidirectional_llama', 'SIMPLE_CHAT_TEMPLATE'} "
+        "<= set(dir(t)); "
+        "assert not {'trl_spg.tiny.warm_start', 'trl_spg.tiny.sudoku'} & set(sys.modules), sorted(sys.modules); "
+        "import trl_spg.tiny.sudoku; "
+        "above = sorted(m for m in sys.modules if m.startswith('trl_spg.') and m.split('.')[1] in "
+        "{'trainers', 'config', 'trainer', 'scripts', 'evaluation', 'task_evaluation'}); "
+        "assert not above, above"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tiny_sudoku_defaults_are_plain_settings():
+    from trl_spg.tiny import sudoku
+
+    assert not hasattr(sudoku, "tiny_training_defaults")
+    assert sudoku.TINY_MODEL == "tiny"
+    assert sudoku.TRAINING_DEFAULTS["max_completion_length"] == sudoku.TINY_COMPLETION_LENGTH == 20
+    assert sudoku.TRAINING_DEFAULTS["lr_scheduler_type"] == "linear"
+    assert sudoku.SPG_DEFAULTS == dict(num_mc_masks=4, min_mask_ratio=0.3, p_mask_prompt=0.0, eubo_beta=1.0)
+    assert not set(sudoku.TRAINING_DEFAULTS) & set(sudoku.SPG_DEFAULTS)
+
+
+def test_tiny_sudoku_model_logs_the_warm_start_and_then_loads_from_the_cache(tmp_path, caplog):
+    from trl_spg.tasks.sudoku import sudoku_split
+    from trl_spg.tiny.sudoku import TinySudokuSpec, tiny_sudoku_model
+
+    rows = sudoku_split()[0][:8]
+    spec = TinySudokuSpec(hidden_size=32, num_layers=1, sft_steps=2, sft_batch_size=4)
+    with caplog.at_level("INFO", logger="trl_spg.tiny.sudoku"):
+        trained, _ = tiny_sudoku_model(rows, spec, tmp_path)
+    messages = [record.getMessage() for record in caplog.records if record.name == "trl_spg.tiny.sudoku"]
+    assert messages[0].startswith("Warm-starting the tiny Sudoku policy: 2 SFT steps") and str(tmp_path) in messages[0]
+    assert messages[1].startswith("Warm start done in ")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="trl_spg.tiny.sudoku"):
+        loaded, tokenizer = tiny_sudoku_model(rows, spec, tmp_path)
+    assert [record.getMessage() for record in caplog.records][0].startswith("Loading the warm-started")
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+    assert tokenizer.mask_token_id == loaded.config.mask_token_id

@@ -1,109 +1,53 @@
-"""The Sudoku example script, end to end at toy size (warm start, evaluation, a few SPG steps, artefacts)."""
+"""The Sudoku example, end to end at toy size (warm start, evaluation, a few SPG steps, artefacts), and the\nbenchmark scripts built on it."""
 
 import dataclasses
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from trl_spg import DiffuGRPOConfig, DiffuGRPOTrainer, SPGTrainer, WD1Trainer
-
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_sudoku.py"
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("train_sudoku", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+TOY = ["--tiny_warm_start_steps", "3", "--per_device_train_batch_size", "8", "--num_generations", "4"]
+TOY += ["--use_cpu", "true", "--num_threads", "1"]
 
 
+@pytest.mark.slow
 def test_example_runs_two_steps_and_writes_artefacts(tmp_path):
-    example = load_example()
     out = tmp_path / "out"
-    results = example.main(
-        [
-            "--output_dir",
-            str(out),
-            "--cache_dir",
-            str(tmp_path / "cache"),
-            "--tiny_warm_start_steps",
-            "3",
-            "--max_steps",
-            "2",
-            "--per_device_train_batch_size",
-            "8",
-            "--num_generations",
-            "4",
-            "--eval_puzzles",
-            "8",
-            "--eval_every",
-            "1",
-            "--use_cpu",
-            "true",
-        ]
-    )
+    command = [sys.executable, str(EXAMPLE), "--output_dir", str(out), "--max_steps", "2", "--eval_limit", "8"]
+    command += ["--eval_every", "1", *TOY]
+    env = {**os.environ, "TRL_SPG_CACHE": str(tmp_path / "cache")}
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((out / "sudoku_results.json").read_text())
     assert set(results) == {
-        *("before", "after", "difference", "paired_stderr", "paired_stderr_grid", "curve", "train_runtime_s")
+        *("before", "after", "difference", "paired_stderr", "paired_stderr_clustered", "curve", "train_runtime_s")
     }
     assert results["train_runtime_s"] > 0
     # Greedy evaluation is deterministic: the curve's last point is the final model's accuracy.
-    assert [point["step"] for point in results["curve"]] == [1, 2]
-    last = {"step": 2, **{key: results["after"][key] for key in ("accuracy", "stderr", "stderr_grid")}}
-    assert results["curve"][-1] == last
+    assert [point["step"] for point in results["curve"]] == [1, 2] and results["curve"][-1] == results["after"]
     assert results["difference"] == results["after"]["accuracy"] - results["before"]["accuracy"]
-    # The first 8 held-out puzzles, made round-robin from 8 distinct test grids.
-    assert (results["before"]["puzzles"], results["before"]["grids"]) == (8, 8)
-    summary = json.loads((out / "sudoku_results.json").read_text())
-    assert summary["before"]["empty_cells"] == 64 and len(summary["curve"]) == 2
-    assert summary["paired_stderr_grid"] == results["paired_stderr_grid"]
+    # The first 8 held-out puzzles, made round-robin from 8 distinct test grids, 8 empty cells each.
+    before = results["before"]
+    assert (before["problems"], before["clusters"], before["total"]) == (8, 8, 64)
+    assert "Held-out Sudoku accuracy (8 problems in 8 clusters" in completed.stdout
     assert (out / "reward_curve.png").stat().st_size > 0
     assert (out / "README.md").exists() and (out / "model.safetensors").exists()
     # The warm start is cached: a second build loads it instead of training.
     assert len(list((tmp_path / "cache").glob("tiny-sudoku-*"))) == 1
 
 
-def test_parse_applies_tiny_defaults_only_without_a_model(tmp_path):
-    example = load_example()
-    config = tmp_path / "run.yaml"
-    config.write_text("learning_rate: 0.002\nnum_generations: 4\n")
-    trainer_class, script_args, training_args, model_args = example.parse_arguments(
-        ["--config", str(config), "--max_steps", "7"]
-    )
-    # YAML and flags win over the tiny run's settings, which fill in the rest.
-    assert trainer_class is SPGTrainer and training_args.learning_rate == 0.002 and training_args.max_steps == 7
-    assert (training_args.max_completion_length, training_args.p_mask_prompt, script_args.eval_puzzles) == (
-        20,
-        0.0,
-        1024,
-    )
-    assert model_args.model_name_or_path is None and not model_args.use_peft
-    # A named model keeps the config's own defaults; ModelConfig's LoRA flags are the example's.
-    _, _, training_args, model_args = example.parse_arguments(
-        ["--model_name_or_path", "some/model", "--use_peft", "--lora_r", "8", "--bf16", "false"]
-    )
-    assert training_args.max_completion_length == 256 and training_args.p_mask_prompt == 0.15
-    assert model_args.use_peft and model_args.lora_r == 8
-    # A baseline gets the shared tiny settings and keeps its own (d1's prompt masking, beta).
-    trainer_class, _, training_args, _ = example.parse_arguments(["--algorithm", "d1"])
-    assert trainer_class is DiffuGRPOTrainer and isinstance(training_args, DiffuGRPOConfig)
-    assert (training_args.max_completion_length, training_args.p_mask_prompt, training_args.beta) == (20, 0.15, 0.04)
-    # The method picks the config class, from a flag or the YAML file; the tiny defaults work on a CPU as they are.
-    config.write_text("algorithm: wd1\n")
-    trainer_class, _, training_args, _ = example.parse_arguments(["--config", str(config)])
-    assert trainer_class is WD1Trainer and training_args.psi == 1.0 and not training_args.bf16
-    with pytest.raises(ValueError, match="expected one of"):
-        example.parse_arguments(["--algorithm", "ppo"])
-
-
 def test_tiny_model_is_deterministic_and_loads_from_its_cache(tmp_path, monkeypatch):
-    from trl_spg.tasks import sudoku_tiny
     from trl_spg.tasks.sudoku import sudoku_split
+    from trl_spg.tiny import sudoku as sudoku_tiny
 
     train, _ = sudoku_split()
     spec = sudoku_tiny.TinySudokuSpec(hidden_size=32, num_layers=1, sft_steps=2, sft_batch_size=4)
@@ -123,13 +67,14 @@ def test_tiny_model_is_deterministic_and_loads_from_its_cache(tmp_path, monkeypa
         sudoku_tiny.tiny_sudoku_model(train[:16], dataclasses.replace(spec, seed=1), tmp_path / "a")
 
 
+@pytest.mark.slow
 def test_seeds_script_runs_the_example_and_tabulates_its_results(tmp_path, capsys):
     path = EXAMPLE.parents[1] / "benchmarks" / "sudoku_seeds.py"
     spec = importlib.util.spec_from_file_location("sudoku_seeds", path)
     seeds = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(seeds)
     toy = "--tiny_warm_start_steps 2 --max_steps 1 --per_device_train_batch_size 8 --num_generations 4"
-    toy += " --eval_puzzles 12 --use_cpu true --num_threads 1"
+    toy += " --eval_limit 12 --use_cpu true --num_threads 1"
     root = tmp_path / "runs"
     rows = seeds.main(
         ["--seeds", "3", "--launcher", "python", "--output_root", str(root), "--output", str(tmp_path / "rows.json")]
@@ -138,20 +83,21 @@ def test_seeds_script_runs_the_example_and_tabulates_its_results(tmp_path, capsy
     saved = json.loads((root / "seed-3" / "sudoku_results.json").read_text())
     assert len(rows) == 1 and rows[0]["seed"] == 3 and rows[0]["wall_s"] > 0
     assert {k: rows[0][k] for k in saved} == saved
-    assert (saved["before"]["puzzles"], saved["before"]["grids"]) == (12, 12)
+    assert (saved["before"]["problems"], saved["before"]["clusters"]) == (12, 12)
     # A fresh warm-start cache in the seed's folder, and the run's own log beside its results.
     assert len(list((root / "seed-3" / "cache").glob("tiny-sudoku-*"))) == 1
-    assert "Held-out Sudoku accuracy (12 puzzles" in (root / "seed-3" / "run.log").read_text()
+    assert "Held-out Sudoku accuracy (12 problems" in (root / "seed-3" / "run.log").read_text()
     table = capsys.readouterr().out.strip().splitlines()[-3:]
     assert table[0].startswith("| seed | before RL | after RL | gain |")
     before, after = saved["before"]["accuracy"], saved["after"]["accuracy"]
     cells = [cell.strip() for cell in table[2].strip("|").split("|")]
     assert cells[:4] == ["3", f"{before:.4f}", f"{after:.4f}", f"{after - before:+.4f}"]
-    assert cells[4] == f"{saved['paired_stderr_grid']:.4f} ({saved['paired_stderr']:.4f})"
+    assert cells[4] == f"{saved['paired_stderr_clustered']:.4f} ({saved['paired_stderr']:.4f})"
     assert json.loads((tmp_path / "rows.json").read_text())[0]["difference"] == saved["difference"]
     assert seeds._flag_value(["--output_dir", "a", "--output_dir=b"], "--output_dir") == "b"
 
 
+@pytest.mark.slow
 def test_ablation_runs_each_method_from_the_same_warm_start_and_writes_its_report(tmp_path):
     path = EXAMPLE.parents[1] / "benchmarks" / "ablation.py"
     spec = importlib.util.spec_from_file_location("ablation", path)

@@ -174,9 +174,8 @@ def test_positive_only_and_negative_only_batches(tmp_path, tiny_model, tiny_toke
     elbo, negative = metrics["spg/elbo"][-1], metrics["spg/negative_bound"][-1]
     assert metrics["spg/negative_fraction"][-1] == (1.0 if advantage_sign < 0 else 0.0)
     assert elbo < 0 and negative != elbo
-    # The loss moves the likelihood the right way: up for positive advantages, down for negative ones.
-    loss.backward()
-    assert loss.item() * advantage_sign > 0  # -A * bound with bound < 0
+    # -A * bound with bound < 0: positive for positive advantages, negative for negative ones.
+    assert loss.item() * advantage_sign > 0
 
 
 def test_num_iterations_uses_fresh_reproducible_masks(
@@ -271,7 +270,12 @@ def test_log_completions(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
         tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
     )
     trainer.train()
-    assert len(trainer._logs["completion"]) > 0
+    logs = trainer._logs
+    # One rollout batch: every completion logged with its prompt and its reward, which the reward function gives again.
+    assert len(logs["completion"]) == len(logs["prompt"]) == args.per_device_train_batch_size
+    assert set(logs["prompt"]) <= set(prompt_dataset["prompt"])
+    assert all(isinstance(text, str) and tiny_tokenizer.mask_token not in text for text in logs["completion"])
+    assert list(logs["rewards"]["char_variety"]) == char_variety(list(logs["completion"]))
 
 
 def test_model_from_path_loads_tokenizer(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
@@ -282,7 +286,12 @@ def test_model_from_path_loads_tokenizer(tmp_path, tiny_model, tiny_tokenizer, p
     trainer = SPGTrainer(str(path), char_variety, args=args, train_dataset=prompt_dataset)
     assert trainer.mask_token_id == tiny_tokenizer.mask_token_id
     assert trainer.processing_class.padding_side == "left"
+    assert trainer.processing_class.get_vocab() == tiny_tokenizer.get_vocab()
+    saved = {name: param.detach().clone() for name, param in tiny_model.named_parameters()}
+    loaded = dict(trainer.model.named_parameters())
+    assert all(torch.equal(loaded[name], value) for name, value in saved.items())  # the saved weights, loaded
     trainer.train()
+    assert any(not torch.equal(loaded[name], value) for name, value in saved.items())  # and trained
 
 
 def test_non_generation_mixin_model(tmp_path, tiny_tokenizer, prompt_dataset):
@@ -528,13 +537,13 @@ def test_fast_rollout_options_reach_the_sampler(
     tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, monkeypatch, trainer_class
 ):
     """The `rollout_*` fields live in `DiffusionGRPOConfig`, so every trainer's rollouts use them."""
-    import trl_spg.diffusion_trainer as trainer_module
+    import trl_spg.trainers.diffusion_trainer as trainer_module
 
     calls, sampler = [], trainer_module.diffusion_generate
 
-    def recording(*args, **kwargs):
-        calls.append(kwargs)
-        return sampler(*args, **kwargs)
+    def recording(model, ids, mask, config, **kwargs):
+        calls.append(vars(config))
+        return sampler(model, ids, mask, config, **kwargs)
 
     monkeypatch.setattr(trainer_module, "diffusion_generate", recording)
     args = make_args(

@@ -90,7 +90,7 @@ def make_args(tmp_path, config_class=SPGConfig, **overrides):
 
 
 def tiny_bidirectional_qwen2(vocab_size: int = 16, seed: int = 0, hidden_size: int = 32, layers: int = 2):
-    """A random bidirectional Qwen2 with Dream's logit shift (``logits_shift=1``, as `trl_spg.checkpoints` writes it);
+    """A random bidirectional Qwen2 with Dream's logit shift (``logits_shift=1``, as `trl_spg.models` writes it);
     the last id is the mask token, predictions sharpened as in `tiny_bidirectional_llama`."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -56,7 +56,7 @@ def accepts_argument(model, name: str) -> bool:
 def logits_shift(model) -> int:
     """How many positions a model's logits lag behind the token they predict (0 for LLaDA, 1 for Dream).
 
-    Read from ``config.logits_shift`` (written by `trl_spg.checkpoints` when it converts a Dream checkpoint and saved
+    Read from ``config.logits_shift`` (written by `trl_spg.models` when it converts a Dream checkpoint and saved
     with the model); a config without it counts as ``1`` when its ``model_type`` is Dream's remote-code ``"Dream"``
     and ``0`` otherwise.
     """

@@ -38,24 +38,12 @@ Both combine. Randomness comes only from the ``generator`` argument.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
-from .modeling import KV_CACHE_MODES, BlockKVCache, forward_logits
-
-REMASKING_STRATEGIES = ("low_confidence", "random")
-#: How many masked positions a step reveals: the fixed schedule (exact sampler) or confidence-threshold decoding.
-DECODING_MODES = ("fixed", "threshold")
-#: Block-wise KV cache of the fast modes (``"none"``: the exact full forward at every step).
-KV_CACHES = ("none", *KV_CACHE_MODES)
-#: The fast-mode keywords of `diffusion_generate` at their defaults, which are the exact sampler.
-EXACT_DECODING = {
-    "decoding": "fixed",
-    "threshold": 0.9,
-    "min_tokens_per_step": None,
-    "kv_cache": "none",
-    "cache_refresh_every": None,
-}
+from .decoding import REMASKING_STRATEGIES, DecodingConfig
+from .modeling import BlockKVCache, forward_logits
 
 
 def reveal_schedule(num_masked: int, steps: int) -> list[int]:
@@ -147,24 +135,17 @@ def diffusion_generate(
     model,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
+    config: DecodingConfig | None = None,
     *,
     mask_token_id: int,
-    gen_length: int,
-    block_length: int,
-    steps: int,
-    temperature: float = 0.0,
-    remasking: str = "low_confidence",
     generator: torch.Generator | None = None,
-    decoding: str = "fixed",
-    threshold: float = 0.9,
-    min_tokens_per_step: int | None = None,
-    kv_cache: str = "none",
-    cache_refresh_every: int | None = None,
+    **settings,
 ) -> torch.Tensor:
     """Generate ``gen_length`` tokens after each left-padded prompt; returns the completion ids (B, gen_length).
 
-    ``steps`` is the total number of denoising steps; it must be a multiple of ``gen_length / block_length``.
-    Pads (``prompt_mask == 0``) are never attended. The caller cuts completions at their first EOS.
+    The settings are a `DecodingConfig` (``config``), or its fields as keywords (``gen_length=...``), which also
+    override the fields of a given ``config``; they are validated first. Pads (``prompt_mask == 0``) are never
+    attended. The caller cuts completions at their first EOS.
 
     The defaults (``decoding="fixed"``, ``kv_cache="none"``) are the exact sampler: ``steps / num_blocks`` forwards
     per block, each revealing `reveal_schedule`'s count. The fast modes are opt-in (see the module docstring):
@@ -180,16 +161,12 @@ def diffusion_generate(
 
     Randomness comes only from ``generator``.
     """
-    if gen_length % block_length:
-        raise ValueError(f"block_length ({block_length}) must divide gen_length ({gen_length}).")
+    config = (DecodingConfig(**settings) if config is None else replace(config, **settings)).validated()
+    gen_length, block_length, steps = config.gen_length, config.block_length, config.steps
+    temperature, remasking, decoding = config.temperature, config.remasking, config.decoding
+    threshold, min_tokens_per_step = config.threshold, config.min_tokens_per_step
+    kv_cache, cache_refresh_every = config.kv_cache, config.cache_refresh_every
     num_blocks = gen_length // block_length
-    if steps % num_blocks or steps < num_blocks:
-        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks ({num_blocks}).")
-    if remasking not in REMASKING_STRATEGIES:
-        raise ValueError(f"Unknown remasking {remasking!r}; choose one of {REMASKING_STRATEGIES}.")
-    problems = decoding_option_problems(decoding, threshold, min_tokens_per_step, kv_cache, cache_refresh_every)
-    if problems:
-        raise ValueError(" ".join(problems))
 
     batch, prompt_width = prompt_ids.shape
     device = prompt_ids.device
@@ -305,42 +282,6 @@ def _decode_block_by_threshold(
         reveal = top_k_positions(order, valid, counts.clamp(max=minimum)) | (valid & (confidence >= log_threshold))
         revealed = torch.where(reveal, candidates, current.gather(1, masked_at))
         canvas[rows, start : start + block_length] = current.scatter(1, masked_at, revealed)
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def decoding_option_problems(
-    decoding: str,
-    threshold: float,
-    min_tokens_per_step: int | None,
-    kv_cache: str,
-    cache_refresh_every: int | None,
-    prefix: str = "",
-) -> list[str]:
-    """What is wrong with the fast-decoding options of `diffusion_generate` (empty when they are valid).
-
-    ``prefix`` is put before every option name in the messages (``"rollout_"`` for `DiffusionGRPOConfig`'s fields).
-    """
-    problems = []
-    if decoding not in DECODING_MODES:
-        problems.append(f"{prefix}decoding={decoding!r}: choose one of {DECODING_MODES}.")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        problems.append(f"{prefix}threshold={threshold!r}: a probability in (0, 1].")
-    if min_tokens_per_step is not None:
-        if decoding != "threshold":
-            problems.append(f"{prefix}min_tokens_per_step applies to {prefix}decoding='threshold' only.")
-        elif not _positive_int(min_tokens_per_step):
-            problems.append(f"{prefix}min_tokens_per_step={min_tokens_per_step}: at least 1 (or None).")
-    if kv_cache not in KV_CACHES:
-        problems.append(f"{prefix}kv_cache={kv_cache!r}: choose one of {KV_CACHES}.")
-    if cache_refresh_every is not None:
-        if kv_cache == "none":
-            problems.append(f"{prefix}cache_refresh_every needs {prefix}kv_cache 'prefix' or 'dual'.")
-        elif not _positive_int(cache_refresh_every):
-            problems.append(f"{prefix}cache_refresh_every={cache_refresh_every}: at least 1 (or None).")
-    return problems
 
 
 def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_ids: int | list[int]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+from trl.trainer.utils import entropy_from_logits
 
 from .masking import MonteCarloMasks, apply_masks
 from .modeling import forward_logits
@@ -108,22 +109,6 @@ def token_logprobs(
     return _TokenLogprobs.apply(logits, targets, int(chunk_rows), inplace_backward)
 
 
-@torch.no_grad()
-def token_entropies(logits: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
-    """Entropy of ``softmax(logits)`` at every position, in float32 and without gradient: ``logits.shape[:-1]``.
-
-    Normalised ``chunk_size`` rows at a time (default: `default_chunk_rows`), so the only vocabulary-sized temporaries
-    are one chunk's; ``-inf`` logits contribute nothing.
-    """
-    vocab = logits.shape[-1]
-    flat = logits.reshape(-1, vocab)
-    entropies = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
-    chunk_rows = chunk_size or default_chunk_rows(flat.shape[0], vocab, flat.device)
-    for rows in _row_chunks(flat.shape[0], chunk_rows):
-        entropies[rows] = torch.special.entr(flat[rows].float().softmax(-1)).sum(-1)
-    return entropies.reshape(logits.shape[:-1])
-
-
 def masked_token_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -139,7 +124,8 @@ def masked_token_logprobs(
 
     The ``m`` masked copies of each sequence go through the model as one batch of ``B * m`` rows; logits are only
     requested for the completion positions. Values at unscored positions are computed but carry no meaning. With
-    ``with_entropy``, also the entropy of every predicted distribution (`token_entropies`, no gradient): a pair.
+    ``with_entropy``, also the entropy of every predicted distribution (TRL's `entropy_from_logits`, no gradient): a
+    pair.
 
     Memory: the logits are the only vocabulary-sized tensor. `token_logprobs` normalises them
     ``chunk_size`` positions at a time and, since nothing else reads them, writes their gradient over them in the
@@ -153,7 +139,10 @@ def masked_token_logprobs(
     attention_mask = attention_mask.repeat_interleave(num_masks, dim=0)
     keep = torch.arange(prompt_width, prompt_width + completion_width, device=input_ids.device)
     logits = forward_logits(model, noisy, attention_mask, keep=keep)
-    entropies = token_entropies(logits, chunk_size=chunk_size) if with_entropy else None  # before the backward
+    entropies = None
+    if with_entropy:  # before the backward, which overwrites the logits
+        with torch.no_grad():
+            entropies = entropy_from_logits(logits, chunk_size=chunk_size or 128).float()
     targets = completion_ids.repeat_interleave(num_masks, dim=0)
     token_logps = token_logprobs(logits, targets, chunk_size=chunk_size, inplace_backward=True)
     token_logps = token_logps.reshape(batch, num_masks, completion_width)

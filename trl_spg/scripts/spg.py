@@ -1,38 +1,55 @@
-"""`trl-spg`: train a masked diffusion LM with SPG from the command line, the way `trl grpo` trains an AR model.
+"""`trl-spg`: train a masked diffusion LM with SPG (or d1 / wd1) from the command line, as `trl grpo` trains an AR model.
 
     # a task of the registry: data, prompts and rewards in one flag
     trl-spg --task gsm8k --model_name_or_path GSAI-ML/LLaDA-8B-Instruct --use_peft --lora_r 128 --output_dir out
     # any dataset with a "prompt" column and any TRL reward functions
     trl-spg --model_name_or_path GSAI-ML/LLaDA-8B-Instruct --dataset_name my/dataset \
         --reward_funcs my_lib.rewards.correctness think_format_reward --output_dir out
-    # on a CPU: the built-in tiny Sudoku policy with the Sudoku example's settings
-    trl-spg --task sudoku --model_name_or_path tiny --output_dir out
+    # on a CPU: the built-in tiny Sudoku policy, held-out accuracy before and after training
+    trl-spg --task sudoku --model_name_or_path tiny
+    # a baseline on the same run
+    trl-spg --task sudoku --model_name_or_path tiny --algorithm wd1
     # the paper's recipe on 8 GPUs
     accelerate launch --config_file examples/accelerate_configs/deepspeed_zero2.yaml -m trl_spg.scripts.spg \
         --config examples/configs/gsm8k_llada.yaml
 
-Flags are those of `SPGConfig`, TRL's `ModelConfig` (model, LoRA and quantisation) and `SPGScriptArguments`
-(task, data, rewards, periodic evaluation); `--config file.yaml` sets any of them. LLaDA / Dream checkpoints load
-through `trl_spg.checkpoints`, like any string model given to `SPGTrainer`.
+Flags are those of the method's config (`SPGConfig`, `DiffuGRPOConfig` or `WD1Config`), TRL's `ModelConfig` (model,
+LoRA and quantisation) and `SPGScriptArguments` (method, task, data, rewards, evaluation); `--config file.yaml` sets
+any of them. LLaDA / Dream checkpoints load through `trl_spg.models`, like any string model given to a trainer.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
+logger = logging.getLogger("trl_spg.scripts.spg")
+
+#: ``--algorithm``: the trainer and config class of each method (same rollouts, rewards, data and evaluation).
+ALGORITHMS = {
+    "spg": ("SPGTrainer", "SPGConfig"),
+    "d1": ("DiffuGRPOTrainer", "DiffuGRPOConfig"),
+    "wd1": ("WD1Trainer", "WD1Config"),
+}
+
 
 @dataclass
 class SPGScriptArguments(ScriptArguments):
     """
-    Data, reward and evaluation settings of `trl-spg` (training settings are `SPGConfig`'s, model settings
-    `ModelConfig`'s).
+    Method, data, reward and evaluation settings of `trl-spg` (training settings are the method config's, model
+    settings `ModelConfig`'s).
 
     Parameters:
+        algorithm (`str`, *optional*, defaults to `"spg"`):
+            The RL method: `spg` (`SPGTrainer`), `d1` (`DiffuGRPOTrainer`) or `wd1` (`WD1Trainer`); the method's
+            config fields are the training flags.
         task (`str` or `None`, *optional*, defaults to `None`):
             A task of `trl_spg.tasks` (`gsm8k`, `math500`, `countdown`, `sudoku`): its training data, prompts and
             reward functions, in place of `dataset_name` and `reward_funcs` (extra `reward_funcs` are added).
@@ -40,7 +57,7 @@ class SPGScriptArguments(ScriptArguments):
             Where the task's training split comes from: `hub`, `builtin`, or a local file / folder (default: the
             task's own source).
         prompt_style (`str` or `None`, *optional*, defaults to `None`):
-            The task's prompt style for training (default: the paper's).
+            The task's prompt style for training and evaluation (default: the paper's).
         few_shot (`int` or `None`, *optional*, defaults to `None`):
             Worked examples in the prompt, for tasks that have them (Sudoku).
         reward_funcs (`list[str]` or `None`, *optional*, defaults to `None`):
@@ -50,13 +67,24 @@ class SPGScriptArguments(ScriptArguments):
         reward_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
             A reward model (sequence classifier) id or path, used as in `trl grpo`.
         eval_every (`int`, *optional*, defaults to `0`):
-            With `task`: evaluate the task's test split every this many steps with the paper's protocol and log
-            `eval_task/<task>/accuracy` (0: never). It decodes with the rollouts' fast modes (`--rollout_decoding`,
-            `--rollout_kv_cache`, ...), the exact sampler by default.
+            With `task`: evaluate its test split every this many steps and log `eval_task/<task>/accuracy` (0:
+            never). Greedy, with the rollouts' decoding settings.
+        eval_before_after (`bool`, *optional*, defaults to `False`):
+            With `task`: also evaluate before and after training, and write both, their paired difference and the
+            periodic curve to `<task>_results.json` in `output_dir`.
         eval_data, eval_gen_length, eval_limit, eval_batch_size:
-            Source of the test split, generation length, number of problems and decoding batch of that evaluation.
+            Source of the test split, generation length (default: `max_completion_length`), number of problems and
+            decoding batch of those evaluations.
+        num_threads (`int`, *optional*, defaults to `0`):
+            torch CPU threads per process on a CPU run; 0: the CPUs this process may use divided by the local
+            processes (`accelerate launch` sets OMP_NUM_THREADS to 1, which halves the speed of a 2-core machine).
+        tiny_warm_start_steps (`int` or `None`, *optional*, defaults to `None`):
+            With `--model_name_or_path tiny`: SFT steps of the warm start (default: the built-in policy's).
     """
 
+    algorithm: str = field(
+        default="spg", metadata={"help": "The RL method: spg, d1 or wd1.", "choices": sorted(ALGORITHMS)}
+    )
     task: str | None = field(
         default=None,
         metadata={"help": "A task of trl_spg.tasks (gsm8k, math500, countdown, sudoku): data, prompts and rewards."},
@@ -81,10 +109,22 @@ class SPGScriptArguments(ScriptArguments):
     eval_every: int = field(
         default=0, metadata={"help": "With --task: evaluate its test split every N steps (0: never)."}
     )
+    eval_before_after: bool = field(
+        default=False,
+        metadata={"help": "With --task: evaluate before and after training; write <task>_results.json."},
+    )
     eval_data: str | None = field(default=None, metadata={"help": "Source of the evaluation split (same forms)."})
-    eval_gen_length: int = field(default=256, metadata={"help": "Generation length of the periodic evaluation."})
+    eval_gen_length: int | None = field(
+        default=None, metadata={"help": "Generation length of the evaluations (default: max_completion_length)."}
+    )
     eval_limit: int | None = field(default=None, metadata={"help": "Evaluate the first N test problems only."})
     eval_batch_size: int = field(default=16, metadata={"help": "Problems decoded together per process."})
+    num_threads: int = field(
+        default=0, metadata={"help": "torch CPU threads per process on a CPU run (0: usable CPUs / local processes)."}
+    )
+    tiny_warm_start_steps: int | None = field(
+        default=None, metadata={"help": "With --model_name_or_path tiny: SFT steps of the warm start."}
+    )
 
 
 def trl_reward_functions(max_completion_length: int) -> dict:
@@ -125,22 +165,28 @@ def resolve_reward_function(name: str, registry: dict):
     raise ValueError(f"Unknown reward function {name!r}: expected one of {sorted(registry)} or a dotted import path.")
 
 
-def make_parser():
+def trainer_and_config_classes(algorithm: str) -> tuple[type, type]:
+    import trl_spg
+
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"--algorithm {algorithm!r}: expected one of {sorted(ALGORITHMS)}.")
+    trainer_name, config_name = ALGORITHMS[algorithm]
+    return getattr(trl_spg, trainer_name), getattr(trl_spg, config_name)
+
+
+def make_parser(algorithm: str = "spg"):
     from trl import DatasetMixtureConfig, ModelConfig, TrlParser
 
-    from trl_spg import SPGConfig
-
-    return TrlParser((SPGScriptArguments, SPGConfig, ModelConfig, DatasetMixtureConfig), prog="trl-spg")
+    config_class = trainer_and_config_classes(algorithm)[1]
+    return TrlParser((SPGScriptArguments, config_class, ModelConfig, DatasetMixtureConfig), prog="trl-spg")
 
 
 def flag_or_config_value(argv: list[str], name: str, default=None):
     """The value of ``--name`` in ``argv``, else of ``name`` in the ``--config`` YAML file, else ``default``.
 
-    For the few settings that decide how the rest is parsed (which defaults apply, which config class), read before
+    For the few settings that decide how the rest is parsed (the config class, which defaults apply), read before
     the full parse: building the configs first would already validate them against the wrong defaults.
     """
-    import argparse
-
     import yaml
 
     pre_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -157,18 +203,52 @@ def flag_or_config_value(argv: list[str], name: str, default=None):
     return default
 
 
-def parse_with_tiny_defaults(parser, argv: list[str], tiny_defaults: dict, use_tiny) -> tuple:
-    """Parse ``argv`` with ``tiny_defaults`` as defaults when ``use_tiny(model name or None)`` holds.
+def tiny_defaults(algorithm: str, task: str | None) -> dict:
+    """Settings of the built-in tiny CPU run (`--model_name_or_path tiny`); flags and YAML values override them."""
+    from trl_spg.tiny.sudoku import SPG_DEFAULTS, TRAINING_DEFAULTS
 
-    Flags and YAML values still win over the tiny defaults (TRL's parser applies a YAML file as defaults too, after
-    these).
-    """
-    if use_tiny(flag_or_config_value(argv, "model_name_or_path")):
-        parser.set_defaults(**tiny_defaults)
+    return {
+        **TRAINING_DEFAULTS,
+        **(SPG_DEFAULTS if algorithm == "spg" else {}),
+        "prompt_style": "compact",
+        "eval_before_after": True,
+        "eval_batch_size": 128,
+        "output_dir": f"outputs/{task or 'sudoku'}-tiny-{algorithm}",
+    }
+
+
+def parse_args(argv: list[str]) -> tuple:
+    """``(script_args, training_args, model_args, dataset_args)`` from flags and an optional ``--config`` YAML."""
+    from trl_spg.tiny.sudoku import TINY_MODEL
+
+    algorithm = flag_or_config_value(argv, "algorithm", default="spg")
+    parser = make_parser(algorithm)
+    if flag_or_config_value(argv, "model_name_or_path") == TINY_MODEL:
+        parser.set_defaults(**tiny_defaults(algorithm, flag_or_config_value(argv, "task")))
     return parser.parse_args_and_config(args=argv)
 
 
-def trainer_model_arguments(model_args, training_args) -> dict:
+def set_cpu_threads(num_threads: int, training_args) -> int | None:
+    """Use every CPU this process may run on, shared among the processes of this machine (CPU runs only).
+
+    `accelerate launch` sets OMP_NUM_THREADS itself (to 1 on a machine without GPUs unless the variable is already
+    set), and small models are compute-bound: on 2 cores 1 thread makes a tiny run's step about 1.8x slower than 2.
+    The variable cannot tell a user's choice from accelerate's default, so it is not read; ``num_threads`` sets the
+    count explicitly. GPU runs keep torch's setting. Returns the count set, or None.
+    """
+    import torch
+
+    on_cpu = training_args.use_cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    if not on_cpu and num_threads <= 0:
+        return None
+    if num_threads <= 0:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        num_threads = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    torch.set_num_threads(num_threads)
+    return num_threads
+
+
+def trainer_model_arguments(model_args, training_args, script_args) -> dict:
     """The trainer's ``model`` and what goes with it, from TRL's `ModelConfig`.
 
     A checkpoint id or folder stays a string: the trainer resolves LLaDA / Dream conversions and loads it through
@@ -177,13 +257,13 @@ def trainer_model_arguments(model_args, training_args) -> dict:
     """
     from trl import get_peft_config, get_quantization_config
 
-    from trl_spg.tasks.sudoku_tiny import TINY_MODEL, load_tiny_policy
+    from trl_spg.tiny.sudoku import TINY_MODEL, load_tiny_policy
 
     if not model_args.model_name_or_path:
         raise ValueError("Give --model_name_or_path (a LLaDA / Dream checkpoint, any masked diffusion LM, or 'tiny').")
     peft_config = get_peft_config(model_args)
     if model_args.model_name_or_path == TINY_MODEL:
-        model, tokenizer = load_tiny_policy(seed=training_args.seed)
+        model, tokenizer = load_tiny_policy(seed=training_args.seed, sft_steps=script_args.tiny_warm_start_steps)
         return {"model": model, "processing_class": tokenizer, "peft_config": peft_config}
     model_init_kwargs = dict(
         revision=model_args.model_revision,
@@ -200,36 +280,37 @@ def trainer_model_arguments(model_args, training_args) -> dict:
 
 
 def main(argv: list[str] | None = None):
-    from trl_spg import SPGConfig
-    from trl_spg.tasks.sudoku_tiny import TINY_COMPLETION_LENGTH, TINY_MODEL, tiny_training_defaults
-
-    # `--model_name_or_path tiny`: the built-in CPU run (compact Sudoku prompts, the example's training settings).
-    tiny = {**tiny_training_defaults(SPGConfig), "prompt_style": "compact", "eval_gen_length": TINY_COMPLETION_LENGTH}
+    """Parse, train, save; returns the trainer."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    script_args, training_args, model_args, dataset_args = parse_with_tiny_defaults(
-        make_parser(), argv, tiny, lambda model: model == TINY_MODEL
-    )
-    return train(script_args, training_args, model_args, dataset_args)
+    return train(*parse_args(argv))
+
+
+def cli() -> None:
+    """The `trl-spg` console script: exit status 0 on success."""
+    main()
 
 
 def train(script_args, training_args, model_args, dataset_args):
     from datasets import load_dataset
     from trl import get_dataset
 
-    from trl_spg import SPGTrainer
-
+    trainer_class, _ = trainer_and_config_classes(script_args.algorithm)
+    threads = set_cpu_threads(script_args.num_threads, training_args)
+    if threads is not None:
+        logger.info("torch uses %d CPU threads", threads)
     registry = trl_reward_functions(training_args.max_completion_length)
     reward_funcs = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
     reward_funcs += [resolve_reward_function(name, registry) for name in script_args.reward_funcs or []]
 
     task, eval_dataset, dataset_name = None, None, script_args.dataset_name
+    prompt_options = {"few_shot": script_args.few_shot} if script_args.few_shot is not None else {}
     if script_args.task:
         from trl_spg.tasks import get_task
 
         task = get_task(script_args.task)
-        options = {"few_shot": script_args.few_shot} if script_args.few_shot is not None else {}
         train_dataset = task.dataset(
-            "train", prompt_style=script_args.prompt_style, data=script_args.train_data, **options
+            "train", prompt_style=script_args.prompt_style, data=script_args.train_data, **prompt_options
         )
         if not reward_funcs and task.reward_weights is not None and training_args.reward_weights is None:
             training_args.reward_weights = list(task.reward_weights)
@@ -252,37 +333,119 @@ def train(script_args, training_args, model_args, dataset_args):
     if not reward_funcs:
         raise ValueError("Give --task or at least one of --reward_funcs / --reward_model_name_or_path.")
 
-    trainer = SPGTrainer(
+    trainer = trainer_class(
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        **trainer_model_arguments(model_args, training_args),
+        **trainer_model_arguments(model_args, training_args, script_args),
     )
-    if task is not None and script_args.eval_every > 0:
-        from trl_spg.task_evaluation import TaskEvaluationCallback
-
-        trainer.add_callback(
-            TaskEvaluationCallback(
-                trainer,
-                task,
-                every=script_args.eval_every,
-                gen_length=script_args.eval_gen_length,
-                block_length=training_args.block_length,
-                data=script_args.eval_data,
-                prompt_options=options,
-                limit=script_args.eval_limit,
-                batch_size=script_args.eval_batch_size,
-            )
-        )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    evaluation = None
+    if task is not None and (script_args.eval_every > 0 or script_args.eval_before_after):
+        evaluation = _task_evaluation(trainer, task, script_args, prompt_options)
+        trainer.add_callback(evaluation)
+    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(dataset_name=dataset_name)
+        title = f"{trainer_class._name} on {task.title}" if task is not None else trainer_class._name
+        plot_rewards(trainer.state.log_history, os.path.join(training_args.output_dir, "reward_curve.png"), title)
+        if evaluation is not None and script_args.eval_before_after:
+            results = before_after_results(evaluation, script_args.eval_every)
+            results["train_runtime_s"] = train_output.metrics["train_runtime"]
+            path = os.path.join(training_args.output_dir, f"{task.name}_results.json")
+            with open(path, "w") as handle:
+                json.dump(results, handle, indent=2)
+            print(summary_line(task, results))
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=dataset_name)
     trainer.end()  # finish trackers, destroy the process group
     return trainer
+
+
+def _task_evaluation(trainer, task, script_args, prompt_options):
+    from dataclasses import replace
+
+    from trl_spg.evaluation import TaskEvaluationCallback
+
+    rollout = trainer.args.rollout_config()
+    greedy = replace(rollout.at_length(script_args.eval_gen_length or rollout.gen_length), temperature=0.0)
+    return TaskEvaluationCallback(
+        trainer,
+        task,
+        every=script_args.eval_every,
+        eval_on_start=script_args.eval_before_after,
+        eval_on_end=script_args.eval_before_after,
+        decoding=greedy,
+        data=script_args.eval_data,
+        prompt_style=script_args.prompt_style,
+        prompt_options=prompt_options,
+        limit=script_args.eval_limit,
+        batch_size=script_args.eval_batch_size,
+    )
+
+
+def before_after_results(evaluation, eval_every: int) -> dict:
+    """Held-out accuracy before and after training, the paired difference and the periodic curve."""
+    from trl_spg.evaluation import paired_difference
+
+    first, last = evaluation.history[0], evaluation.history[-1]
+    key = evaluation.task.cluster_key
+    paired = paired_difference(evaluation.records[first["step"]], evaluation.records[last["step"]], key)
+    curve = [point for point in evaluation.history[1:] if eval_every and point["step"] % eval_every == 0]
+    return {
+        "before": first,
+        "after": last,
+        "difference": paired["difference"],
+        "paired_stderr": paired["stderr"],
+        **({"paired_stderr_clustered": paired["stderr_clustered"]} if key else {}),
+        "curve": curve,
+    }
+
+
+def summary_line(task, results: dict) -> str:
+    """Both evaluations, the paired difference and their standard errors (by problem / by cluster) in one line."""
+    before, after = results["before"], results["after"]
+    clustered = "paired_stderr_clustered" in results
+
+    def stderr(entry, paired=False):
+        by_problem = results["paired_stderr"] if paired else entry["stderr"]
+        if not clustered:
+            return f"{by_problem:.4f}"
+        return f"{by_problem:.4f} / {results['paired_stderr_clustered'] if paired else entry['stderr_clustered']:.4f}"
+
+    units = f"{before['problems']} problems"
+    if clustered:
+        units += f" in {before['clusters']} clusters ({task.cluster_key})"
+    ratio = results.get("paired_stderr_clustered", results["paired_stderr"])
+    return (
+        f"Held-out {task.title} accuracy ({units}; +- standard error by problem{' / by cluster' if clustered else ''}): "
+        f"before {before['accuracy']:.4f} +- {stderr(before)}, after {after['accuracy']:.4f} +- {stderr(after)}, "
+        f"difference {results['difference']:+.4f} +- {stderr(None, paired=True)} (paired)"
+        + (f", {results['difference'] / ratio:.1f} standard errors" if ratio else "")
+    )
+
+
+def plot_rewards(log_history: list[dict], path: str, title: str) -> None:
+    """The logged mean reward per step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(entry["step"], entry["reward"]) for entry in log_history if "reward" in entry]
+    if not points:
+        return
+    steps, rewards = zip(*points)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, rewards, marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean reward of the rollouts")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

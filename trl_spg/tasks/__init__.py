@@ -22,7 +22,7 @@ _BUILTIN_TASKS = {
     "countdown": "trl_spg.tasks.countdown",
     "gsm8k": "trl_spg.tasks.gsm8k",
     "math500": "trl_spg.tasks.math500",
-    "sudoku": "trl_spg.tasks.sudoku_task",
+    "sudoku": "trl_spg.tasks.sudoku",
 }
 _ALIASES = {"gsm": "gsm8k", "math": "math500"}
 _REGISTERED: dict[str, Task] = {}

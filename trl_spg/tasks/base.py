@@ -137,7 +137,8 @@ class Task:
         reward_funcs / reward_weights: what `SPGTrainer` / `GRPOTrainer` take.
         score: ``fn(completion_text, example) -> {"prediction", "correct", "total"}``.
         gen_lengths: generation lengths of the paper's evaluation (Table 1 columns).
-        training: the paper's per-task `SPGConfig` settings (the recipe files hold the full recipes).
+        cluster_key: a column whose equal values mark problems with correlated results (Sudoku puzzles made from
+            one solution grid), for clustered standard errors; None when problems are independent.
     """
 
     name: str
@@ -155,7 +156,7 @@ class Task:
     keep: Callable[[dict], bool] | None = None
     reward_weights: tuple[float, ...] | None = None
     gen_lengths: tuple[int, ...] = (128, 256, 512)
-    training: Mapping[str, Any] = field(default_factory=dict)
+    cluster_key: str | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Data

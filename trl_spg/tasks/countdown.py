@@ -13,9 +13,9 @@ uses other numbers; 0.0 without answer tags or when their content is not a valid
 other operators or names, huge, division by zero). The reference pays 0.1 for anything inside answer tags; a
 well-formed but wrong expression is the only near miss worth rewarding here.
 
-Expressions are never passed to ``eval``: `evaluate_expression` tokenises and parses them with a small grammar
-(numbers, ``+ - * /``, parentheses, unary signs) in exact rational arithmetic, and rejects anything else (``**``,
-``//``, names, too long or too deeply nested input, division by zero) in microseconds.
+Expressions are never passed to ``eval``: `evaluate_expression` parses them with ``ast`` and evaluates only
+numbers, ``+ - * /``, parentheses and unary signs, in exact rational arithmetic; anything else (``**``, ``//``,
+names, exponents, too long or too deeply nested input, division by zero) is rejected in microseconds.
 
 Evaluation: the expression is the last ``\\boxed{}`` of the completion, else its answer tags; LaTeX operators
 (``\\times``, ``\\cdot``, ``\\div``) are read as ``*`` and ``/`` and an ``= target`` suffix is dropped.
@@ -23,7 +23,9 @@ Evaluation: the expression is the last ``\\boxed{}`` of the completion, else its
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import operator
 import random
 import re
 from collections.abc import Sequence
@@ -32,7 +34,7 @@ from functools import lru_cache
 from typing import Any
 
 from .base import HubSource, Task, completion_text
-from .formats import REASONING_FORMAT_PROMPT, REASONING_PREFILL, last_boxed, last_tagged_answer
+from .formats import REASONING_FORMAT_PROMPT, chat_prompt, last_boxed, last_tagged_answer
 
 __all__ = [
     "TASK",
@@ -47,12 +49,10 @@ __all__ = [
 
 #: Longest expression evaluated (characters); real answers with three or four numbers are far shorter.
 MAX_EXPRESSION_LENGTH = 256
-#: Deepest parenthesis / unary-sign nesting accepted.
+#: Most parentheses and unary signs around a number.
 MAX_DEPTH = 32
 #: Largest magnitude of a literal (digits); keeps exact arithmetic on short input cheap.
 MAX_LITERAL_DIGITS = 12
-
-_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|(.))")
 
 #: The paper's evaluation instruction for Countdown (its exact text, including the missing space before "Respond").
 EVAL_INSTRUCTION = (
@@ -68,97 +68,41 @@ EVAL_INSTRUCTION = (
 # Safe arithmetic
 
 
-class _Reject(Exception):
-    """The text is not an expression we evaluate."""
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_SIGNS = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_CHARACTERS = re.compile(r"[\d.+\-*/()\s]*")
 
 
-class _Parser:
-    """Recursive descent over ``expr := term (('+'|'-') term)*``, ``term := unary (('*'|'/') unary)*``,
-    ``unary := ('+'|'-') unary | '(' expr ')' | number``."""
-
-    def __init__(self, text: str):
-        self.tokens: list[tuple[str, str]] = []
-        for match in _TOKEN.finditer(text):
-            number, symbol = match.groups()
-            if number is not None:
-                if len(number.replace(".", "")) > MAX_LITERAL_DIGITS:
-                    raise _Reject("literal too long")
-                self.tokens.append(("num", number))
-            elif symbol is not None and not symbol.isspace():
-                if symbol not in "+-*/()":
-                    raise _Reject(f"unexpected {symbol!r}")
-                self.tokens.append(("op", symbol))
-        self.position = 0
-
-    def peek(self) -> str | None:
-        return self.tokens[self.position][1] if self.position < len(self.tokens) else None
-
-    def take(self) -> tuple[str, str]:
-        if self.position >= len(self.tokens):
-            raise _Reject("unexpected end")
-        token = self.tokens[self.position]
-        self.position += 1
-        return token
-
-    def parse(self) -> Fraction:
-        if not self.tokens:
-            raise _Reject("empty")
-        value = self.expr(0)
-        if self.position != len(self.tokens):
-            raise _Reject("trailing input")
-        return value
-
-    def expr(self, depth: int) -> Fraction:
-        value = self.term(depth)
-        while self.peek() in ("+", "-"):
-            operator = self.take()[1]
-            right = self.term(depth)
-            value = value + right if operator == "+" else value - right
-        return value
-
-    def term(self, depth: int) -> Fraction:
-        value = self.unary(depth)
-        while self.peek() in ("*", "/"):
-            operator = self.take()[1]
-            if self.peek() in ("*", "/"):
-                raise _Reject("'**' and '//' are not arithmetic operators here")
-            right = self.unary(depth)
-            if operator == "*":
-                value = value * right
-            elif right == 0:
-                raise _Reject("division by zero")
-            else:
-                value = value / right
-        return value
-
-    def unary(self, depth: int) -> Fraction:
-        if depth > MAX_DEPTH:
-            raise _Reject("nested too deeply")
-        kind, text = self.take()
-        if kind == "num":
-            return Fraction(text)
-        if text in ("+", "-"):
-            value = self.unary(depth + 1)
-            return value if text == "+" else -value
-        if text == "(":
-            value = self.expr(depth + 1)
-            if self.take() != ("op", ")"):
-                raise _Reject("unbalanced parenthesis")
-            return value
-        raise _Reject(f"unexpected {text!r}")
+def _value(node: ast.AST, text: str, signs: int) -> Fraction:
+    """Exact value of an allowed node; ``signs`` counts the unary signs above it. ValueError for anything else."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_value(node.left, text, signs), _value(node.right, text, signs))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _SIGNS and signs < MAX_DEPTH:
+        return _SIGNS[type(node.op)](_value(node.operand, text, signs + 1))
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        before = text[: node.col_offset]  # nesting = unary signs + open parentheses around the literal
+        if signs + before.count("(") - before.count(")") <= MAX_DEPTH:
+            return Fraction(ast.get_source_segment(text, node))  # from the text: "0.1" is exactly 1/10
+    raise ValueError("not an arithmetic expression over numbers")
 
 
 def evaluate_expression(text: str) -> Fraction | None:
     """The exact value of an arithmetic expression over numbers, ``+ - * /``, parentheses and unary signs.
 
-    None for anything else: other characters or operators (``**``, ``//``, ``%``, names), malformed input,
-    division by zero, more than `MAX_EXPRESSION_LENGTH` characters or `MAX_DEPTH` levels of nesting.
+    None for anything else: other characters or operators (``**``, ``//``, ``%``, names, exponents), malformed
+    input, division by zero, more than `MAX_EXPRESSION_LENGTH` characters, a literal of more than
+    `MAX_LITERAL_DIGITS` digits, or more than `MAX_DEPTH` parentheses and unary signs around a number.
     """
-    if len(text) > MAX_EXPRESSION_LENGTH:
+    if len(text) > MAX_EXPRESSION_LENGTH or not _CHARACTERS.fullmatch(text):
         return None
+    if any(len(literal.replace(".", "")) > MAX_LITERAL_DIGITS for literal in re.findall(r"[\d.]+", text)):
+        return None
+    # One ASCII line for `ast`: any whitespace is a space, any decimal digit an ASCII one, "007" is 7.
+    text = re.sub(r"\d", lambda digit: str(int(digit[0])), " ".join(text.split()))
+    text = re.sub(r"(?<![\d.])0+(?=\d)", "", text)
     try:
-        return _Parser(text).parse()
-    except _Reject:
+        return _value(ast.parse(text, mode="eval").body, text, 0)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError, MemoryError):
         return None
 
 
@@ -308,16 +252,13 @@ def train_prompt(example: dict) -> list[dict]:
         "final expression inside <answer></answer> tags without including an equals sign or the target number. For "
         "example, if the numbers are [2, 3, 4] and the target is 5, a valid answer is: <answer>\n2*4-3\n</answer>"
     )
-    return [{"role": "user", "content": content}]
+    return chat_prompt(content)
 
 
 def eval_prompt(example: dict) -> list[dict]:
     """The paper's evaluation prompt: instruction, ``Numbers: [...]`` and ``Target: t``; reply opened by a tag."""
     question = f"Numbers: {list(example['nums'])}\nTarget: {example['target']}"
-    return [
-        {"role": "user", "content": EVAL_INSTRUCTION + "\n\n" + question},
-        {"role": "assistant", "content": REASONING_PREFILL},
-    ]
+    return chat_prompt(EVAL_INSTRUCTION + "\n\n" + question, prefill=True)
 
 
 def compact_prompt(example: dict) -> str:
@@ -339,5 +280,4 @@ TASK = Task(
     eval_prompt="eval",
     reward_funcs=(countdown_reward,),
     score=score,
-    training={"eubo_beta": 1.5, "max_steps": 6000, "temperature": 0.9},
 )

@@ -17,6 +17,7 @@ from .base import completion_text
 __all__ = [
     "REASONING_FORMAT_PROMPT",
     "answer_tag_content",
+    "chat_prompt",
     "first_tagged_answer",
     "last_boxed",
     "last_tagged_answer",
@@ -36,6 +37,14 @@ REASONING_PREFILL = "<reasoning>"
 _STRICT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$")
 _SOFT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>")
 _TAGGED = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def chat_prompt(content: str, prefill: bool = False) -> list[dict]:
+    """One user message; with ``prefill`` an assistant turn opened by `REASONING_PREFILL` follows (evaluation)."""
+    prompt = [{"role": "user", "content": content}]
+    if prefill:
+        prompt.append({"role": "assistant", "content": REASONING_PREFILL})
+    return prompt
 
 
 def answer_tag_content(text: str) -> str:

@@ -21,8 +21,8 @@ from typing import Any
 from .base import HubSource, Task, completion_text
 from .formats import (
     REASONING_FORMAT_PROMPT,
-    REASONING_PREFILL,
     answer_tag_content,
+    chat_prompt,
     first_tagged_answer,
     soft_format_reward,
     strict_format_reward,
@@ -113,15 +113,12 @@ def prepare(row: dict) -> dict:
 
 def train_prompt(example: dict) -> list[dict]:
     """The paper's RL prompt: the format instruction, a blank line, the question."""
-    return [{"role": "user", "content": REASONING_FORMAT_PROMPT + "\n\n" + example["question"]}]
+    return chat_prompt(REASONING_FORMAT_PROMPT + "\n\n" + example["question"])
 
 
 def eval_prompt(example: dict) -> list[dict]:
     """The paper's evaluation prompt, with the reply opened by ``<reasoning>``."""
-    return [
-        {"role": "user", "content": EVAL_INSTRUCTION + "\n\n" + example["question"]},
-        {"role": "assistant", "content": REASONING_PREFILL},
-    ]
+    return chat_prompt(EVAL_INSTRUCTION + "\n\n" + example["question"], prefill=True)
 
 
 def compact_prompt(example: dict) -> str:
@@ -147,5 +144,4 @@ TASK = Task(
         correctness_reward,
     ),
     score=score,
-    training={"eubo_beta": 1.5, "max_steps": 6000, "temperature": 0.9},
 )

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import HubSource, Task, completion_text
-from .formats import REASONING_FORMAT_PROMPT, REASONING_PREFILL, first_tagged_answer, last_boxed, last_tagged_answer
+from .formats import REASONING_FORMAT_PROMPT, chat_prompt, first_tagged_answer, last_boxed, last_tagged_answer
 
 __all__ = ["TASK", "correctness_reward", "equivalent", "format_reward", "gold_answer", "parse_prediction", "score"]
 
@@ -114,15 +114,12 @@ def prepare(row: dict) -> dict:
 
 def train_prompt(example: dict) -> list[dict]:
     """The paper's RL prompt: format instruction, blank line, the MATH instruction, the problem."""
-    return [{"role": "user", "content": REASONING_FORMAT_PROMPT + "\n\n" + MATH_INSTRUCTION + example["problem"]}]
+    return chat_prompt(REASONING_FORMAT_PROMPT + "\n\n" + MATH_INSTRUCTION + example["problem"])
 
 
 def eval_prompt(example: dict) -> list[dict]:
     """The paper's evaluation prompt, with the reply opened by ``<reasoning>``."""
-    return [
-        {"role": "user", "content": EVAL_INSTRUCTION + "\n\n" + example["problem"]},
-        {"role": "assistant", "content": REASONING_PREFILL},
-    ]
+    return chat_prompt(EVAL_INSTRUCTION + "\n\n" + example["problem"], prefill=True)
 
 
 def compact_prompt(example: dict) -> str:
@@ -144,5 +141,4 @@ TASK = Task(
     eval_prompt="eval",
     reward_funcs=(correctness_reward, format_reward),
     score=score,
-    training={"eubo_beta": 1.5, "max_steps": 4000, "temperature": 0.9},
 )

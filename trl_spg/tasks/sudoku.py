@@ -1,4 +1,4 @@
-"""4x4 Sudoku task: grids, unique-solution puzzles, a leak-free split, prompts and the reward.
+"""4x4 Sudoku: grids, unique-solution puzzles, a leak-free split, prompts, the reward and the task record.
 
 The SPG paper evaluates on 4x4 Sudoku following d1. Everything here is built from first principles:
 
@@ -9,17 +9,35 @@ The SPG paper evaluates on 4x4 Sudoku following d1. Everything here is built fro
   puzzle (a model cannot score on the test set by memorising training solutions).
 
 Grids and puzzles are 16-character strings read row by row, e.g. ``"1234341221434321"``.
+
+Data of the task (`TASK`): the built-in split of `sudoku_split` (800 training puzzles from 200 solution grids, 1024
+test puzzles from the other 88 grids; the first 256 test puzzles are those of ``sudoku_split()``), or a local CSV /
+JSON file with ``Puzzle``/``Solution`` (the paper's files) or ``puzzle``/``solution`` columns.
+
+Prompt styles:
+
+* ``paper`` / ``paper_eval``: the paper's wording (rules, the required answer format, worked examples, then
+  ``Question: Solve the following Sudoku puzzle: ...``); the evaluation variant opens the reply with
+  ``<reasoning>``. The paper shows three worked examples; ours are the first training puzzles of the built-in split
+  (solved step by step by `worked_example`), because one of the paper's three example grids is a test grid of
+  the built-in split. ``few_shot`` (0-3) sets their number.
+* ``instruct``: `instruct_prompt` with worked examples from the training split.
+* ``compact``: the puzzle digits and ``=`` (`compact_prompt`), for the built-in tiny character-level model.
+
+Reward: `sudoku_reward` (fraction of the empty cells filled correctly). Evaluation: correct empty cells over empty
+cells, pooled over puzzles (`cell_accuracy`).
 """
 
 from __future__ import annotations
 
 import random
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-import datasets
+from .base import Task, completion_text
+from .formats import chat_prompt
 
 SIZE = 4  # rows / columns / digits
 BOX = 2  # side of a sub-box
@@ -29,23 +47,23 @@ EMPTY = "0"
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
 COMPACT_SEPARATOR = "="
-# At least 4 clues are needed for a unique 4x4 solution, so more than 12 empty cells can never be unique.
-MAX_UNIQUE_EMPTY = NUM_CELLS - 4
 
 __all__ = [
+    "TASK",
     "all_grids",
     "cell_accuracy",
     "compact_completion",
     "compact_prompt",
-    "few_shot_examples",
     "instruct_prompt",
     "is_valid_grid",
     "make_puzzle",
+    "paper_examples",
     "parse_answer",
+    "score",
     "solve_count",
-    "sudoku_dataset",
     "sudoku_reward",
     "sudoku_split",
+    "worked_example",
 ]
 
 
@@ -53,19 +71,22 @@ __all__ = [
 # Grids
 # ---------------------------------------------------------------------------------------------------------------------
 
-
-def _peers(cell: int) -> frozenset[int]:
-    """Cells sharing a row, column or 2x2 box with ``cell`` (excluding itself)."""
-    row, col = divmod(cell, SIZE)
-    box_row, box_col = row - row % BOX, col - col % BOX
-    peers = {row * SIZE + c for c in range(SIZE)}
-    peers |= {r * SIZE + col for r in range(SIZE)}
-    peers |= {(box_row + r) * SIZE + box_col + c for r in range(BOX) for c in range(BOX)}
-    peers.discard(cell)
-    return frozenset(peers)
-
-
-_PEERS = tuple(_peers(cell) for cell in range(NUM_CELLS))
+#: The 12 units (rows ``R1``.., columns ``Col1``.., boxes ``Box A``.. left to right, top to bottom) and their cells.
+_UNITS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    *((f"R{r + 1}", tuple(r * SIZE + c for c in range(SIZE))) for r in range(SIZE)),
+    *((f"Col{c + 1}", tuple(r * SIZE + c for r in range(SIZE))) for c in range(SIZE)),
+    *(
+        (
+            f"Box {'ABCD'[b]}",
+            tuple((b // BOX * BOX + r) * SIZE + b % BOX * BOX + c for r in range(BOX) for c in range(BOX)),
+        )
+        for b in range(SIZE)
+    ),
+)
+#: Cells sharing a row, column or box with each cell (excluding itself).
+_PEERS = tuple(
+    frozenset(other for _, cells in _UNITS if cell in cells for other in cells) - {cell} for cell in range(NUM_CELLS)
+)
 
 
 def is_valid_grid(grid: str) -> bool:
@@ -114,9 +135,8 @@ def _grid_masks() -> tuple[tuple[int, ...], ...]:
     reduces to AND-ing one bitset per clue. This is much faster than backtracking and makes generating
     thousands of puzzles (each needing many uniqueness checks) essentially free.
     """
-    grids = _all_grids()
     masks = [[0] * SIZE for _ in range(NUM_CELLS)]
-    for index, grid in enumerate(grids):
+    for index, grid in enumerate(_all_grids()):
         for cell, digit in enumerate(grid):
             masks[cell][int(digit) - 1] |= 1 << index
     return tuple(tuple(row) for row in masks)
@@ -133,23 +153,18 @@ def _check_puzzle(puzzle: str) -> None:
         raise ValueError(f"puzzle must be {NUM_CELLS} characters from '0'-'4', got {puzzle!r}")
 
 
-def _solution_mask(puzzle: str) -> int:
-    """Bitset of grid indices consistent with every clue of ``puzzle``."""
-    masks = _grid_masks()
-    candidates = (1 << len(_all_grids())) - 1
-    for cell, ch in enumerate(puzzle):
-        if ch != EMPTY:
-            candidates &= masks[cell][int(ch) - 1]
-    return candidates
-
-
 def solve_count(puzzle: str, limit: int = 2) -> int:
     """Number of solutions of ``puzzle`` (``'0'`` = empty), capped at ``limit``.
 
     The cap mirrors a backtracking solver that stops early; ``limit=2`` is all a uniqueness check needs.
     """
     _check_puzzle(puzzle)
-    return min(_solution_mask(puzzle).bit_count(), limit)
+    masks = _grid_masks()
+    candidates = (1 << len(_all_grids())) - 1  # grids consistent with every clue
+    for cell, ch in enumerate(puzzle):
+        if ch != EMPTY:
+            candidates &= masks[cell][int(ch) - 1]
+    return min(candidates.bit_count(), limit)
 
 
 def _greedy_blank(grid: str, num_empty: int, rng: random.Random) -> str:
@@ -199,6 +214,9 @@ def make_puzzle(grid: str, num_empty: int = 8, rng: random.Random | None = None,
 # Split
 # ---------------------------------------------------------------------------------------------------------------------
 
+#: Test puzzles of the built-in split (about 12 per test grid); the first 256 are those of ``sudoku_split()``.
+BUILTIN_TEST_PUZZLES = 1024
+
 
 def _distinct_puzzles(
     grids: Sequence[str], count: int, num_empty: int, rng: random.Random, max_tries_per_puzzle: int = 100
@@ -234,7 +252,8 @@ def sudoku_split(
     and the rest are test solutions. Test puzzles come only from test grids (several distinct puzzles per grid), so
     no test solution ever appears in training. Each training grid yields ``train_puzzles_per_grid`` distinct
     puzzles. All puzzles have a unique solution; puzzles are distinct within each side (and across sides, since
-    their solutions differ).
+    their solutions differ). Test puzzles are made one after the other, so the first ``n`` of a larger
+    ``num_test_puzzles`` are those of ``num_test_puzzles=n``.
     """
     grids = all_grids()
     if not 0 <= num_train_grids <= len(grids):
@@ -247,6 +266,21 @@ def sudoku_split(
     train_rows = _distinct_puzzles(train_grids, len(train_grids) * train_puzzles_per_grid, num_empty, train_rng)
     test_rows = _distinct_puzzles(test_grids, num_test_puzzles, num_empty, test_rng)
     return train_rows, test_rows
+
+
+@lru_cache(maxsize=1)
+def _builtin_split() -> tuple[tuple[dict[str, str], ...], tuple[dict[str, str], ...]]:
+    """The task's built-in split, computed once: ``sudoku_split(num_test_puzzles=BUILTIN_TEST_PUZZLES)``."""
+    train, test = sudoku_split(num_test_puzzles=BUILTIN_TEST_PUZZLES)
+    return tuple(train), tuple(test)
+
+
+def builtin_rows(split: str) -> list[dict]:
+    """Rows of the built-in ``"train"`` or ``"test"`` split (fresh copies)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"the built-in Sudoku data has splits 'train' and 'test', not {split!r}")
+    train, test = _builtin_split()
+    return [dict(row) for row in (train if split == "train" else test)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -262,6 +296,17 @@ _INSTRUCTIONS = (
     "Think briefly, then write the complete solved grid as 16 digits (row by row, no spaces) between "
     f"{ANSWER_OPEN} and {ANSWER_CLOSE}."
 )
+#: The paper's Sudoku instructions (its exact text).
+PAPER_INSTRUCTIONS = (
+    "\nPlease solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading "
+    "left-to-right, top-to-bottom, where '0' represents empty cells.\n\nRules:\n- Fill empty cells with digits 1-4\n"
+    "- Each row must contain digits 1-4 exactly once\n- Each column must contain digits 1-4 exactly once\n"
+    "- Each 2x2 box must contain digits 1-4 exactly once\n\nImportant: Your solution must be a COMPLETE 16-character "
+    "string with only the digits 1-4, representing your final solved grid.\n\nRespond in this exact format:\n"
+    "<reasoning>\nYour step-by-step solving process\n</reasoning>\n<answer>\n"
+    "[16-character solution string with no spaces or separators]\n</answer>\n"
+)
+MAX_PAPER_SHOTS = 3
 
 
 def compact_prompt(puzzle: str) -> str:
@@ -280,8 +325,8 @@ def compact_completion(solution: str) -> str:
 def instruct_prompt(puzzle: str, examples: Sequence[dict[str, str]] = ()) -> list[dict[str, str]]:
     """Conversational prompt (a single user message) explaining the rules, with optional worked examples.
 
-    ``examples`` are rows with ``puzzle``/``solution`` keys; they must come from training grids (see
-    ``few_shot_examples``), never from the evaluation set.
+    ``examples`` are rows with ``puzzle``/``solution`` keys; they must come from training grids, never from the
+    evaluation set (the ``instruct`` style of `TASK` shows the first training puzzles with distinct solutions).
     """
     _check_puzzle(puzzle)
     parts = [_INSTRUCTIONS]
@@ -292,62 +337,118 @@ def instruct_prompt(puzzle: str, examples: Sequence[dict[str, str]] = ()) -> lis
         ]
         parts.append("Here are some solved examples.\n\n" + "\n\n".join(shots))
     parts.append(f"Now solve this puzzle.\nPuzzle: {puzzle}")
-    return [{"role": "user", "content": "\n\n".join(parts)}]
+    return chat_prompt("\n\n".join(parts))
 
 
-def few_shot_examples(train_rows: Sequence[dict[str, str]], k: int = 3) -> list[dict[str, str]]:
-    """Deterministically pick ``k`` worked examples (distinct solutions) from *training* rows: the first ones."""
-    picked: list[dict[str, str]] = []
+def _first_distinct(rows: Sequence[dict[str, str]], k: int, render: Callable[[dict[str, str]], Any]) -> list:
+    """``render(row)`` of the first rows (up to ``k``) with distinct solutions, skipping rows it renders as None."""
+    picked: list = []
     solutions: set[str] = set()
-    for row in train_rows:
+    for row in rows:
         if len(picked) == k:
             break
-        if row["solution"] not in solutions:
+        if row["solution"] not in solutions and (rendered := render(row)) is not None:
             solutions.add(row["solution"])
-            picked.append({"puzzle": row["puzzle"], "solution": row["solution"]})
-    if len(picked) < k:
-        raise ValueError(f"need {k} distinct training solutions for few-shot examples, found {len(picked)}")
+            picked.append(rendered)
     return picked
 
 
-def sudoku_dataset(
-    split_rows: Sequence[dict[str, str]],
-    prompt_style: str = "compact",
-    few_shot: int = 3,
-    examples: Sequence[dict[str, str]] | None = None,
-) -> datasets.Dataset:
-    """Build a ``datasets.Dataset`` with columns ``prompt``, ``puzzle`` and ``solution``.
+def _grid_rows(grid: str) -> list[str]:
+    return [f"R{r + 1}: " + " ".join(grid[r * SIZE : (r + 1) * SIZE]) for r in range(SIZE)]
 
-    ``prompt_style="compact"`` gives plain-string prompts (``few_shot`` and ``examples`` are ignored).
-    ``prompt_style="instruct"`` gives conversational prompts; with ``few_shot > 0`` the first ``few_shot`` of
-    ``examples`` are shown as worked examples. Examples must be passed explicitly (e.g.
-    ``few_shot_examples(train_rows)``) because this function cannot tell training rows from test rows, and picking
-    examples from the evaluation set would leak solutions.
+
+def _cell(index: int) -> str:
+    return f"R{index // SIZE + 1}C{index % SIZE + 1}"
+
+
+def _next_single(grid: list[str]) -> tuple[int, str, str] | None:
+    """The next ``(cell, digit, explanation)`` of `worked_example`, or None when no single applies."""
+    for name, cells in _UNITS:  # a unit missing a single digit
+        empty = [i for i in cells if grid[i] == EMPTY]
+        if len(empty) == 1:
+            digit = (set(DIGITS) - {grid[i] for i in cells}).pop()
+            return empty[0], digit, f"{name} missing {digit} → {_cell(empty[0])}={digit}."
+    for index in (i for i in range(NUM_CELLS) if grid[i] == EMPTY):  # a cell with a single candidate
+        candidates = sorted(set(DIGITS) - {grid[i] for i in _PEERS[index]})
+        if len(candidates) == 1:
+            return index, candidates[0], f"{_cell(index)} can only be {candidates[0]}."
+    for name, cells in _UNITS:  # a digit with a single place in a unit
+        for digit in DIGITS:
+            if digit in (grid[i] for i in cells):
+                continue
+            places = [i for i in cells if grid[i] == EMPTY and digit not in {grid[j] for j in _PEERS[i]}]
+            if len(places) == 1:
+                return places[0], digit, f"{name} needs {digit} only at {_cell(places[0])}."
+    return None
+
+
+def worked_example(puzzle: str, solution: str) -> str | None:
+    """A worked solution in the paper's format (grid, ``Fill easy singles:`` steps, final grid), or None.
+
+    Each step is a unit with one empty cell, a cell with one candidate, or a digit with one place in a unit;
+    puzzles that need anything else give None.
     """
-    if prompt_style == "compact":
-        prompts: list[Any] = [compact_prompt(row["puzzle"]) for row in split_rows]
-    elif prompt_style == "instruct":
-        shots: list[dict[str, str]] = []
-        if few_shot > 0:
-            if examples is None:
-                raise ValueError("few_shot > 0 needs explicit training examples, e.g. few_shot_examples(train_rows)")
-            if len(examples) < few_shot:
-                raise ValueError(f"asked for {few_shot} few-shot examples but only {len(examples)} were given")
-            shots = list(examples[:few_shot])
-        prompts = [instruct_prompt(row["puzzle"], shots) for row in split_rows]
-    else:
-        raise ValueError(f"prompt_style must be 'compact' or 'instruct', got {prompt_style!r}")
-    return datasets.Dataset.from_dict(
-        {
-            "prompt": prompts,
-            "puzzle": [row["puzzle"] for row in split_rows],
-            "solution": [row["solution"] for row in split_rows],
-        }
+    grid, steps = list(puzzle), []
+    while EMPTY in grid:
+        step = _next_single(grid)
+        if step is None or solution[step[0]] != step[1]:
+            return None
+        grid[step[0]] = step[1]
+        steps.append(step[2])
+    return (
+        f"Question:\nSolve the following Sudoku puzzle: {puzzle}\nAnswer:\n<reasoning>\nInterpret puzzle as 4 rows of "
+        "4:\n"
+        + "\n".join(_grid_rows(puzzle))
+        + "\n\nFill easy singles:\n"
+        + "\n".join(steps)
+        + "\n\nFinal grid:\n"
+        + "\n".join(_grid_rows(solution))
+        + f"\n</reasoning>\n<answer>\n{solution}\n</answer>"
     )
 
 
+@lru_cache(maxsize=1)
+def paper_examples() -> tuple[str, ...]:
+    """Three worked examples from the first built-in training puzzles with distinct solutions (never test grids)."""
+    train = _builtin_split()[0]
+    return tuple(_first_distinct(train, MAX_PAPER_SHOTS, lambda row: worked_example(row["puzzle"], row["solution"])))
+
+
+def _shots(few_shot: int) -> str:
+    if not 0 <= few_shot <= MAX_PAPER_SHOTS:
+        raise ValueError(f"few_shot must be in [0, {MAX_PAPER_SHOTS}], got {few_shot}")
+    return "\n\n".join(paper_examples()[:few_shot])
+
+
+def paper_prompt(example: dict, few_shot: int = MAX_PAPER_SHOTS) -> list[dict]:
+    """The paper's RL prompt: instructions, worked examples, ``Question: ...\\nAnswer:\\n``."""
+    return chat_prompt(
+        f"{PAPER_INSTRUCTIONS}\n\n{_shots(few_shot)}\n\nQuestion: Solve the following Sudoku puzzle: "
+        f"{example['puzzle']}\nAnswer:\n"
+    )
+
+
+def paper_eval_prompt(example: dict, few_shot: int = MAX_PAPER_SHOTS) -> list[dict]:
+    """The paper's evaluation prompt (its question line ends with an extra newline), reply opened by a tag."""
+    question = f"Solve the following Sudoku puzzle: {example['puzzle']}\n"
+    body = f"{_shots(few_shot)}\n\nQuestion: {question}\nAnswer:\n" if few_shot else question
+    return chat_prompt(f"{PAPER_INSTRUCTIONS}\n\n{body}", prefill=True)
+
+
+def _instruct_example(example: dict, few_shot: int = MAX_PAPER_SHOTS) -> list[dict]:
+    """`instruct_prompt` showing the first ``few_shot`` built-in training puzzles with distinct solutions."""
+    examples = _first_distinct(_builtin_split()[0], few_shot, dict) if few_shot else []
+    if len(examples) < few_shot:
+        raise ValueError(f"need {few_shot} distinct training solutions for few-shot examples, found {len(examples)}")
+    return instruct_prompt(example["puzzle"], examples)
+
+
+def _compact_example(example: dict) -> str:
+    return compact_prompt(example["puzzle"])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Answer parsing and reward
+# Answers and reward
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -387,19 +488,6 @@ def cell_accuracy(answer_digits: str | None, puzzle: str, solution: str) -> tupl
     return correct, len(empty_cells)
 
 
-def _completion_text(completion: Any) -> str:
-    """Text of a completion given either as a string or as a conversational list of messages (last message)."""
-    if isinstance(completion, str):
-        return completion
-    if not completion:
-        return ""
-    content = completion[-1].get("content", "")
-    if isinstance(content, list):
-        # Multimodal-style content parts: concatenate the text parts.
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content if isinstance(content, str) else str(content)
-
-
 def sudoku_reward(
     completions: Sequence[Any], puzzle: Sequence[str], solution: Sequence[str], **kwargs: Any
 ) -> list[float]:
@@ -415,10 +503,54 @@ def sudoku_reward(
         )
     rewards: list[float] = []
     for completion, puz, sol in zip(completions, puzzle, solution):
-        answer = parse_answer(_completion_text(completion))
+        answer = parse_answer(completion_text(completion))
         if answer is None:
             rewards.append(0.0)
             continue
         correct, total = cell_accuracy(answer, puz, sol)
         rewards.append(correct / total if total else 1.0)
     return rewards
+
+
+def score(completion: str, example: dict) -> dict:
+    """Evaluation rule: correct empty cells out of the puzzle's empty cells."""
+    answer = parse_answer(completion)
+    correct, total = cell_accuracy(answer, example["puzzle"], example["solution"])
+    return {"prediction": answer, "correct": float(correct), "total": float(total)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The task record
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _grid(value) -> str:
+    text = str(value).strip()
+    return text.zfill(NUM_CELLS) if text.isdigit() else text  # CSV readers turn "0310..." into an integer
+
+
+def prepare(row: dict) -> dict:
+    puzzle = row["puzzle"] if "puzzle" in row else row["Puzzle"]
+    solution = row["solution"] if "solution" in row else row["Solution"]
+    return {"puzzle": _grid(puzzle), "solution": _grid(solution)}
+
+
+TASK = Task(
+    name="sudoku",
+    title="Sudoku",
+    description="4x4 Sudoku, reward = share of empty cells filled correctly (built-in puzzles)",
+    builtin=builtin_rows,
+    default_data={"train": "builtin", "test": "builtin"},
+    prepare=prepare,
+    prompts={
+        "paper": paper_prompt,
+        "paper_eval": paper_eval_prompt,
+        "instruct": _instruct_example,
+        "compact": _compact_example,
+    },
+    train_prompt="paper",
+    eval_prompt="paper_eval",
+    reward_funcs=(sudoku_reward,),
+    score=score,
+    cluster_key="solution",
+)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .bounds import NEGATIVE_BOUNDS
-from .diffusion_config import PAPER_BLOCK_LENGTH, DiffusionGRPOConfig
-from .masking import BLOCK_SAMPLINGS, MASKING_STRATEGIES
-
-__all__ = ["PAPER_BLOCK_LENGTH", "SPGConfig"]
-#: GRPO loss options that SPG's loss does not use: setting them only earns a warning.
-_IGNORED_GRPO_FIELDS = ("loss_type", "epsilon", "epsilon_high", "importance_sampling_level")
+from ..bounds import NEGATIVE_BOUNDS
+from ..masking import BLOCK_SAMPLINGS, MASKING_STRATEGIES
+from .diffusion_config import DiffusionGRPOConfig
 
 
 @dataclass
@@ -26,8 +22,7 @@ class SPGConfig(DiffusionGRPOConfig):
     `importance_sampling_level` are ignored.
 
     Parameters:
-        (`block_length`, `diffusion_steps`, `remasking`, `mask_token_id` and the fast rollout modes `rollout_*` are
-        [`DiffusionGRPOConfig`]'s.)
+        (The rollout settings, `mask_token_id` and `p_mask_prompt` are [`DiffusionGRPOConfig`]'s.)
 
         > SPG objective
 
@@ -49,8 +44,6 @@ class SPGConfig(DiffusionGRPOConfig):
             Lower end of the masked fraction drawn by the `random` and `block_random` strategies.
         max_mask_ratio (`float`, *optional*, defaults to `1.0`):
             Upper end of the masked fraction.
-        p_mask_prompt (`float`, *optional*, defaults to `0.15`):
-            Probability of masking each clean token before the chosen block (prompt, earlier blocks).
         block_sampling (`str`, *optional*, defaults to `"stratified"`):
             How the `block_*` strategies choose the block of each of a completion's `num_mc_masks` masks:
             `"stratified"` (the masks take the blocks of one random permutation in turn, so they differ where
@@ -64,8 +57,7 @@ class SPGConfig(DiffusionGRPOConfig):
         temperature: `0.9`; max_completion_length: `256`; learning_rate: `3e-6`.
     """
 
-    _ignored_grpo_fields = _IGNORED_GRPO_FIELDS
-    _ignored_reason = "SPG's loss has no importance ratio or clipping."
+    _ratio_free_method = "SPG"
 
     negative_bound: str = field(
         default="mix",
@@ -80,9 +72,6 @@ class SPGConfig(DiffusionGRPOConfig):
     num_mc_masks: int = field(default=2, metadata={"help": "Monte Carlo masks per completion."})
     min_mask_ratio: float = field(default=0.0, metadata={"help": "Lower end of the masked fraction."})
     max_mask_ratio: float = field(default=1.0, metadata={"help": "Upper end of the masked fraction."})
-    p_mask_prompt: float = field(
-        default=0.15, metadata={"help": "Probability of masking each clean token before the chosen block."}
-    )
     block_sampling: str = field(
         default="stratified",
         metadata={
@@ -97,8 +86,6 @@ class SPGConfig(DiffusionGRPOConfig):
 
     def _problems(self) -> list[str]:
         problems = super()._problems()
-        if self.beta != 0:
-            problems.append(f"beta={self.beta}: SPG has no KL penalty (the paper uses none); set beta=0.0.")
         if self.negative_bound not in NEGATIVE_BOUNDS:
             problems.append(f"negative_bound={self.negative_bound!r}: choose one of {NEGATIVE_BOUNDS}.")
         if self.masking_strategy not in MASKING_STRATEGIES:
@@ -119,8 +106,4 @@ class SPGConfig(DiffusionGRPOConfig):
             problems.append(
                 f"min_mask_ratio={self.min_mask_ratio}, max_mask_ratio={self.max_mask_ratio}: need 0 <= min <= max <= 1."
             )
-        if not 0.0 <= self.p_mask_prompt < 1.0:
-            problems.append(f"p_mask_prompt={self.p_mask_prompt}: must lie in [0, 1).")
-        # GRPO options that would change the objective but that SPG's loss does not implement.
-        problems.extend(self._ratio_free_problems("SPG"))
         return problems

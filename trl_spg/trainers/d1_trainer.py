@@ -29,15 +29,13 @@ iterations get different draws.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from .diffusion_config import DiffusionGRPOConfig
+from ..masking import one_step_masks
+from ..scoring import one_step_token_logprobs
+from .d1_config import DiffuGRPOConfig
 from .diffusion_trainer import DiffusionGRPOTrainer
-from .masking import one_step_masks
 from .model_card import TrainingMethod
-from .scoring import one_step_token_logprobs
 
 #: Key of the batch entry holding each completion's prompt masks, one per inner iteration.
 MASKS_KEY = "d1_masks"
@@ -62,45 +60,6 @@ D1_METHOD = TrainingMethod(
 )
 
 
-@dataclass
-class DiffuGRPOConfig(DiffusionGRPOConfig):
-    r"""
-    Configuration class for [`DiffuGRPOTrainer`] (d1 / diffu-GRPO): [`DiffusionGRPOConfig`] plus d1's prompt masking.
-
-    Every GRPO loss option works as in TRL (`loss_type`, `epsilon`, `epsilon_high`, `beta`, `num_iterations`,
-    `importance_sampling_level`, ...): only the per-token log-probabilities differ.
-
-    Parameters:
-        p_mask_prompt (`float`, *optional*, defaults to `0.15`):
-            Probability of masking each prompt token in the one-step log-probability estimate (d1's value); the
-            completion is always fully masked. Drawn afresh for each inner iteration.
-
-        > Defaults that differ from `GRPOConfig` (beside those of `DiffusionGRPOConfig`)
-
-        beta: `0.04` (KL to the reference model; d1's value, also in the SPG reference's d1 runs).
-        epsilon: `0.5` (clipping range of the SPG reference's d1 runs; d1's paper uses TRL's 0.2).
-        loss_type: `"bnpo"` (per-token loss averaged over the micro-batch's completion tokens, as the d1 code that the
-        SPG reference runs computes it; `"grpo"` averages per sequence first, as d1's paper writes the objective).
-    """
-
-    p_mask_prompt: float = field(
-        default=0.15, metadata={"help": "Probability of masking each prompt token in the one-step estimate."}
-    )
-
-    # GRPOConfig fields whose defaults follow d1 as run by the SPG paper's reference code.
-    beta: float = field(default=0.04, metadata={"help": "KL coefficient (d1: 0.04)."})
-    epsilon: float = field(default=0.5, metadata={"help": "Clipping range (SPG reference d1 runs: 0.5; d1: 0.2)."})
-    loss_type: str = field(
-        default="bnpo", metadata={"help": "GRPO loss normalisation; 'bnpo' = token mean over the micro-batch."}
-    )
-
-    def _problems(self) -> list[str]:
-        problems = super()._problems()
-        if not 0.0 <= self.p_mask_prompt < 1.0:
-            problems.append(f"p_mask_prompt={self.p_mask_prompt}: must lie in [0, 1).")
-        return problems
-
-
 class DiffuGRPOTrainer(DiffusionGRPOTrainer):
     """Trainer for d1 / diffu-GRPO on masked diffusion LMs: TRL's GRPO loss on d1's one-step log-probabilities.
 
@@ -111,10 +70,6 @@ class DiffuGRPOTrainer(DiffusionGRPOTrainer):
     config_class = DiffuGRPOConfig
     _tag_names = ["trl", "d1", "diffu-grpo", "diffusion-lm"]
     _name = "d1"
-    _paper = {
-        "title": "d1: Scaling Reasoning in Diffusion Large Language Models via Reinforcement Learning",
-        "id": "2504.12216",
-    }
     _card_method = D1_METHOD
     _card_settings = (
         "p_mask_prompt",

@@ -8,6 +8,8 @@ What every trainer of a masked diffusion LM here shares, whatever its likelihood
 * reproducible random streams per (purpose, micro-step, process) (`_generator`);
 * ``_get_per_token_logps_and_entropies``: a placeholder for losses without an importance ratio, so GRPO's old-policy
   forward is never spent (a trainer whose loss uses the ratio replaces it);
+* ``compute_loss``: every loss is checked for non-finite values (on every process at once) before it reaches the
+  weights; helpers for the division by the accumulation steps and for gathered metrics;
 * the model card, which decodes with the diffusion sampler.
 
 `SPGTrainer`, `DiffuGRPOTrainer` and `WD1Trainer` subclass it and replace the loss (and, for d1, the per-token
@@ -17,6 +19,7 @@ log-probabilities GRPO's loss consumes). Prompt formatting, reward functions, ad
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -25,12 +28,12 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from .checkpoints import resolve_checkpoint
+from ..modeling import attends_bidirectionally, resolve_mask_token_id, unwrap_model
+from ..models import resolve_checkpoint
+from ..sampler import completion_mask_from_ids, diffusion_generate
+from ..seeding import make_generator
 from .diffusion_config import DiffusionGRPOConfig
-from .model_card import SPG_METHOD, TrainingMethod, spg_model_card
-from .modeling import attends_bidirectionally, resolve_mask_token_id, unwrap_model
-from .sampler import completion_mask_from_ids, diffusion_generate
-from .seeding import make_generator
+from .model_card import TrainingMethod, build_model_card
 
 
 class DiffusionGRPOTrainer(GRPOTrainer):
@@ -38,18 +41,18 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
     `trl.GRPOTrainer`'s arguments, reward functions and datasets, with a config of type ``config_class``. ``model``
     is a model instance or a hub id / local path: LLaDA / Dream checkpoints resolve to their converted native copy
-    (`trl_spg.checkpoints`), then TRL loads it (``args.model_init_kwargs``, ``quantization_config``). Models that are
+    (`trl_spg.models`), then TRL loads it (``args.model_init_kwargs``, ``quantization_config``). Models that are
     not a ``GenerationMixin`` work too. Pass ``peft_config`` (or a ``PeftModel``) to train LoRA adapters. ``tools``,
     ``rollout_func`` and ``environment_factory`` are rejected: they replace single-turn diffusion decoding.
 
-    Subclasses set ``config_class``, ``_name``, ``_tag_names``, ``_paper``, ``_card_method`` and ``_card_settings``
-    (the config fields listed in the model card) and replace the loss.
+    Subclasses set ``config_class``, ``_name``, ``_tag_names``, ``_card_method`` and ``_card_settings`` (the config
+    fields listed in the model card) and replace the loss.
     """
 
     config_class: type[DiffusionGRPOConfig] = DiffusionGRPOConfig
     _tag_names = ["trl", "diffusion-lm"]
     _name = "DiffusionGRPO"
-    _card_method: TrainingMethod = SPG_METHOD
+    _card_method: TrainingMethod | None = None
     _card_settings: tuple[str, ...] = ("num_generations", "num_iterations", "learning_rate", "scale_rewards")
 
     def __init__(
@@ -118,6 +121,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.mask_token_id = resolve_mask_token_id(unwrap_model(self.model), self._tokenizer, args.mask_token_id)
         self._check_model_and_special_tokens()
         self._eval_calls = 0
+        self._finite_checks: dict = {}
 
     def _check_model_and_special_tokens(self) -> None:
         """Fail at start, with the fix, on a model or mask token the trainer cannot train with."""
@@ -194,18 +198,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 unwrapped_model,
                 input_ids,
                 attention_mask,
+                self.args.rollout_config(),
                 mask_token_id=self.mask_token_id,
-                gen_length=self.args.max_completion_length,
-                block_length=self.args.block_length,
-                steps=self.args.diffusion_steps,
-                temperature=self.args.temperature,
-                remasking=self.args.remasking,
                 generator=generator,
-                decoding=self.args.rollout_decoding,
-                threshold=self.args.rollout_threshold,
-                min_tokens_per_step=self.args.rollout_min_tokens_per_step,
-                kv_cache=self.args.rollout_kv_cache,
-                cache_refresh_every=self.args.rollout_cache_refresh_every,
             )
         keep = completion_mask_from_ids(completion_ids, self.eos_token_ids).bool()
         return [ids[row].tolist() for ids, row in zip(completion_ids.cpu(), keep.cpu())], None
@@ -230,6 +225,54 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         return zeros, None, None
 
     # ----------------------------------------------------------------------------------------------------------
+    # Loss scaffolding shared by every loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss of the micro-batch, stopped before a non-finite value reaches the weights (every trainer)."""
+        self._finite_checks = {}  # a subclass's `_compute_loss` may add named tensors to check
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._check_finite(
+            {"advantages (an infinite reward?)": inputs["advantages"], **self._finite_checks, "loss": loss}
+        )
+        return loss
+
+    def _check_finite(self, quantities: dict) -> None:
+        """Raise, on every process at once, naming the first non-finite quantity; the optimizer step is not taken."""
+        flags = []
+        for name, value in quantities.items():
+            value = value.detach()
+            if name.startswith("advantages"):
+                # TRL's `nan_to_num` turns an infinite advantage into the largest finite float: count it as infinite.
+                value = value.masked_fill(value.abs() >= torch.finfo(value.dtype).max, math.inf)
+            flags.append((~torch.isfinite(value)).any())
+        bad = self.accelerator.gather(torch.stack(flags).float().unsqueeze(0)).sum(0)
+        if bad.any():
+            name = next(name for name, flag in zip(quantities, bad) if flag)
+            raise FloatingPointError(
+                f"Non-finite {name} at optimizer step {self.state.global_step} (micro-step {self._micro_step()}); "
+                "the optimizer step was not taken. See docs/troubleshooting.md."
+            )
+
+    def _scaled_for_accumulation(self, loss: torch.Tensor) -> torch.Tensor:
+        """The micro-batch loss divided by the accumulation steps in training, as GRPO's own `_compute_loss` does.
+
+        `GRPOTrainer` sets `loss_is_scaled_for_ga`, so transformers' `Trainer` leaves the division to the loss.
+        """
+        if not self.model.training:
+            return loss
+        return loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+
+    def _log_mean(self, name: str, values: torch.Tensor, scored: torch.Tensor) -> None:
+        """Log the mean of ``values`` over the scored completions of every process; nothing if none is scored.
+
+        Completions with no token (e.g. all masked by `mask_truncated_completions`) carry no value, so they are left
+        out rather than logged as fake zeros.
+        """
+        gathered = self.accelerator.gather(torch.where(scored, values.detach().float(), float("nan")))
+        if not gathered.isnan().all():
+            self._metrics["train" if self.model.training else "eval"][name].append(gathered.nanmean().item())
+
+    # ----------------------------------------------------------------------------------------------------------
     # Model card
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **_):
@@ -243,15 +286,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if base_model is not None and os.path.isdir(base_model):
             base_model = None
         settings = {name: getattr(args, name) for name in self._card_settings}
-        decoding = {
-            "mask_token_id": self.mask_token_id,
-            "gen_length": args.max_completion_length,
-            "block_length": args.block_length,
-            "steps": args.diffusion_steps,
-            "temperature": args.temperature,
-            "remasking": args.remasking,
-        }
-        card = spg_model_card(
+        decoding = {"mask_token_id": self.mask_token_id, **args.rollout_config().keywords()}
+        card = build_model_card(
             method=self._card_method,
             model_name=model_name or os.path.basename(os.path.normpath(args.output_dir)),
             base_model=base_model,

@@ -21,15 +21,13 @@ micro-batches of an optimizer step this is again the mean over its groups of ``l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from .diffusion_config import DiffusionGRPOConfig
+from ..masking import one_step_masks
+from ..scoring import one_step_token_logprobs
 from .diffusion_trainer import DiffusionGRPOTrainer
-from .masking import one_step_masks
 from .model_card import TrainingMethod
-from .scoring import one_step_token_logprobs
+from .wd1_config import WD1Config
 
 #: Key of the batch entry holding each completion's net weight ``w+ - w-``.
 WEIGHTS_KEY = "wd1_weights"
@@ -72,43 +70,6 @@ def wd1_loss(sequence_logps: torch.Tensor, net_weights: torch.Tensor, group_size
     return -(net_weights.to(sequence_logps.dtype) * sequence_logps).sum() * group_size / count
 
 
-@dataclass
-class WD1Config(DiffusionGRPOConfig):
-    r"""
-    Configuration class for [`WD1Trainer`]: [`DiffusionGRPOConfig`] plus wd1's weight temperature and prompt masking.
-
-    wd1 has no importance ratio, clipping or KL term: `loss_type`, `epsilon`, `epsilon_high` and
-    `importance_sampling_level` are ignored (with a warning) and `beta` must stay 0.
-
-    Parameters:
-        psi (`float`, *optional*, defaults to `1.0`):
-            Temperature of the group softmax weights `softmax(+-psi * A)` (wd1's code: 1, the plain softmax).
-        p_mask_prompt (`float`, *optional*, defaults to `0.15`):
-            Probability of masking each prompt token in the one-step log-likelihood estimate (d1's value); the
-            completion is always fully masked. Drawn afresh for every micro-step.
-    """
-
-    _ignored_grpo_fields = ("loss_type", "epsilon", "epsilon_high", "importance_sampling_level")
-    _ignored_reason = "wd1's loss has no importance ratio or clipping."
-
-    psi: float = field(default=1.0, metadata={"help": "Temperature of wd1's group softmax weights (> 0)."})
-    p_mask_prompt: float = field(
-        default=0.15, metadata={"help": "Probability of masking each prompt token in the one-step estimate."}
-    )
-    beta: float = field(default=0.0, metadata={"help": "KL coefficient; wd1 supports only 0."})
-
-    def _problems(self) -> list[str]:
-        problems = super()._problems()
-        if self.beta != 0:
-            problems.append(f"beta={self.beta}: wd1 has no reference policy or KL penalty; set beta=0.0.")
-        if self.psi <= 0:
-            problems.append(f"psi={self.psi}: the weight temperature must be positive.")
-        if not 0.0 <= self.p_mask_prompt < 1.0:
-            problems.append(f"p_mask_prompt={self.p_mask_prompt}: must lie in [0, 1).")
-        problems.extend(self._ratio_free_problems("wd1"))
-        return problems
-
-
 class WD1Trainer(DiffusionGRPOTrainer):
     """Trainer for wd1 on masked diffusion LMs: group-softmax weighted one-step log-likelihood, no ratio.
 
@@ -118,10 +79,6 @@ class WD1Trainer(DiffusionGRPOTrainer):
     config_class = WD1Config
     _tag_names = ["trl", "wd1", "diffusion-lm"]
     _name = "wd1"
-    _paper = {
-        "title": "wd1: Weighted Policy Optimization for Reasoning in Diffusion Language Models",
-        "id": "2507.08838",
-    }
     _card_method = WD1_METHOD
     _card_settings = ("psi", "p_mask_prompt", "num_generations", "num_iterations", "learning_rate", "scale_rewards")
 
@@ -139,7 +96,6 @@ class WD1Trainer(DiffusionGRPOTrainer):
         return output
 
     def _compute_loss(self, model, inputs):
-        mode = "train" if self.model.training else "eval"
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         masks = one_step_masks(
@@ -158,11 +114,5 @@ class WD1Trainer(DiffusionGRPOTrainer):
         )
         sequence_logps = (token_logps * completion_mask).sum(-1)
         loss = wd1_loss(sequence_logps, inputs[WEIGHTS_KEY], self._group_size())
-        lengths = completion_mask.sum(-1)
-        if self.accelerator.gather(lengths.sum()).sum():
-            scored = lengths > 0
-            logps = self.accelerator.gather(torch.where(scored, sequence_logps.detach().float(), float("nan")))
-            self._metrics[mode]["wd1/sequence_logp"].append(logps.nanmean().item())
-        # As in GRPO's `_compute_loss`, the division by the accumulation steps happens here.
-        accumulation = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        return loss / (accumulation if mode == "train" else 1.0)
+        self._log_mean("wd1/sequence_logp", sequence_logps, completion_mask.sum(-1) > 0)
+        return self._scaled_for_accumulation(loss)

@@ -2,7 +2,7 @@
 
 The metadata is a `ModelCardData`; the text is `templates/model_card.md`. Its snippet decodes with
 `trl_spg.diffusion_generate`, since a masked diffusion LM does not decode with `model.generate`, using the decoding
-settings of the training rollouts. The training method (SPG by default, or a baseline) is a `TrainingMethod`.
+settings of the training rollouts. The training method (SPG or a baseline) is a `TrainingMethod`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from importlib import metadata, resources
 
 from huggingface_hub import ModelCard, ModelCardData
 
-BASE_TAGS = ("trl", "spg", "diffusion-lm")
 ADAPTER_TAGS = ("lora", "peft")
 #: Loaded by an adapter's snippet when the base model was not recorded (a model built in code, a local folder).
 UNKNOWN_BASE_MODEL = "<base-model-id>"
-#: `diffusion_generate` keywords filled from the decoding settings, in this order.
-SAMPLER_ARGUMENTS = ("mask_token_id", "gen_length", "block_length", "steps", "temperature", "remasking")
 VERSION_PACKAGES = ("trl_spg", "trl", "transformers", "peft", "torch")
 
 
@@ -32,26 +29,6 @@ class TrainingMethod:
     citation: str
 
 
-SPG_METHOD = TrainingMethod(
-    name="Sandwiched Policy Gradient (SPG)",
-    summary=(
-        "A masked diffusion LM writes a completion by filling a canvas of mask tokens over several denoising steps. "
-        "Its likelihood is intractable, so SPG sandwiches it: completions with a positive advantage raise a lower "
-        "bound (ELBO), the others lower an upper bound (EUBO or an ELBO/EUBO mixture), both estimated from Monte "
-        "Carlo masks."
-    ),
-    config_class="SPGConfig",
-    tags=("spg",),
-    citation="""@inproceedings{wang2026spg,
-    title     = {{SPG: Sandwiched Policy Gradient for Masked Diffusion Language Models}},
-    author    = {Wang, Chenyu and Rashidinejad, Paria and Su, DiJia and Jiang, Song and Wang, Sid and Zhao, Siyan and Zhou, Cai and Shen, Shannon Zejiang and Chen, Feiyu and Jaakkola, Tommi and Tian, Yuandong and Liu, Bo},
-    booktitle = {International Conference on Learning Representations (ICLR)},
-    year      = {2026},
-    url       = {https://arxiv.org/abs/2510.09541}
-}""",
-)
-
-
 def installed_versions(packages=VERSION_PACKAGES) -> dict[str, str]:
     versions = {}
     for name in packages:
@@ -62,7 +39,7 @@ def installed_versions(packages=VERSION_PACKAGES) -> dict[str, str]:
     return versions
 
 
-def spg_model_card(
+def build_model_card(
     *,
     model_name: str,
     base_model: str | None,
@@ -73,14 +50,13 @@ def spg_model_card(
     dataset_name: str | None = None,
     tags: str | list[str] | None = None,
     versions: dict[str, str] | None = None,
-    method: TrainingMethod = SPG_METHOD,
+    method: TrainingMethod,
 ) -> ModelCard:
-    """The model card of a model (or LoRA adapter) trained with SPG (or another ``method``).
+    """The model card of a model (or LoRA adapter) trained with ``method``.
 
     ``base_model`` is the hub id training started from (None when unknown); ``hub_model_id`` the repository the
     snippet loads (default: ``model_name``); ``settings`` the training settings listed in the card; ``decoding``
-    the sampler settings (``gen_length``, ``block_length``, ``steps``, ``temperature``, ``remasking``,
-    ``mask_token_id``); ``tags`` a tag or list of tags added to the card's own; ``versions`` defaults to the
+    the `diffusion_generate` keywords of the snippet (``mask_token_id`` and `DecodingConfig.keywords`); ``tags`` a tag or list of tags added to the card's own; ``versions`` defaults to the
     installed versions of trl_spg, trl, transformers, peft and torch.
     """
     extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
@@ -93,7 +69,7 @@ def spg_model_card(
         model_name=model_name,
         tags=card_tags,
     )
-    sampler_arguments = {key: repr(decoding[key]) for key in SAMPLER_ARGUMENTS if decoding.get(key) is not None}
+    sampler_arguments = {key: repr(value) for key, value in decoding.items() if value is not None}
     sampler_arguments.setdefault("mask_token_id", "tokenizer.mask_token_id")
     template = resources.files("trl_spg").joinpath("templates/model_card.md").read_text(encoding="utf-8")
     return ModelCard.from_template(

@@ -8,13 +8,14 @@ RL on a masked diffusion LM only works once the policy already produces well-for
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from transformers import get_scheduler
+from trl.trainer.utils import pad
 
-from .modeling import forward_logits, resolve_mask_token_id
-from .scoring import token_logprobs
+from ..modeling import forward_logits, resolve_mask_token_id
+from ..scoring import token_logprobs
 
 __all__ = ["LR_SCHEDULES", "diffusion_sft"]
 
@@ -23,12 +24,10 @@ logger = logging.getLogger(__name__)
 #: Lower bound of the masking ratio t ~ U(eps, 1]: keeps the 1/t loss weight finite.
 MASK_EPS = 1e-3
 
-#: Learning-rate multiplier at optimizer step ``step`` (1-based) of ``total``: constant, or decaying to 0 at the end.
-LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
-    "constant": lambda step, total: 1.0,
-    "linear": lambda step, total: 1.0 - (step - 1) / total,
-    "cosine": lambda step, total: 0.5 * (1.0 + math.cos(math.pi * (step - 1) / total)),
-}
+#: Accepted ``lr_schedule`` values: `transformers.get_scheduler` names, used without warm-up. At optimizer step
+#: ``step`` (1-based) of ``total`` the learning rate is multiplied by 1 (constant), ``1 - (step - 1) / total``
+#: (linear) or ``0.5 * (1 + cos(pi * (step - 1) / total))`` (cosine).
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 def _encode_completions(
@@ -60,18 +59,14 @@ def _encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
 
 
 def _left_pad(sequences: Sequence[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists to a common length; returns `(input_ids, attention_mask)`.
+    """Left-pad token lists to a common length with TRL's `pad`; returns `(input_ids, attention_mask)`.
 
     Left padding puts every completion at the same (right-aligned) columns, so the completion block is simply the
     last `completion_length` columns of the batch.
     """
-    width = max(len(seq) for seq in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, width - len(seq) :] = 1
+    rows = [torch.tensor(seq, dtype=torch.long) for seq in sequences]
+    input_ids = pad(rows, padding_value=pad_token_id, padding_side="left")
+    attention_mask = pad([torch.ones_like(row) for row in rows], padding_value=0, padding_side="left")
     return input_ids, attention_mask
 
 
@@ -152,7 +147,7 @@ def diffusion_sft(
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_schedule: ``"constant"``, or ``"linear"`` / ``"cosine"`` decay from `learning_rate` at the first step
-            towards 0 after the last (no warm-up).
+            towards 0 after the last (`transformers.get_scheduler` with no warm-up).
         generator: Source of all randomness; its device is where random numbers are drawn.
         log_every: Log the mean loss of the last `log_every` steps at INFO level; `None` or 0 disables logging.
         callback: Called as `callback(step, loss)` after every optimizer step (step counts from 1).
@@ -170,7 +165,7 @@ def diffusion_sft(
     if completion_length < 1 or num_steps < 0 or batch_size < 1:
         raise ValueError("completion_length and batch_size must be >= 1 and num_steps >= 0.")
     if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {sorted(LR_SCHEDULES)}, got {lr_schedule!r}.")
+        raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {lr_schedule!r}.")
     mask_id = resolve_mask_token_id(model, tokenizer, mask_token_id)
     eos_token_id = getattr(tokenizer, "eos_token_id", None)
     if eos_token_id is None:
@@ -184,7 +179,8 @@ def diffusion_sft(
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    schedule = LR_SCHEDULES[lr_schedule]
+    # No warm-up; the learning rate of step k (1-based) is set from the schedule at k - 1 of `num_steps`.
+    scheduler = get_scheduler(lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=num_steps)
     batches = _index_stream(len(prompts), batch_size, generator)
 
     losses: list[float] = []
@@ -212,9 +208,8 @@ def diffusion_sft(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate * schedule(step, num_steps)
             optimizer.step()
+            scheduler.step()
 
             losses.append(loss.item())
             if log_every and step % log_every == 0:

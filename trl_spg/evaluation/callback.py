@@ -1,0 +1,102 @@
+"""`TaskEvaluationCallback`: a task's held-out accuracy during training (periodic, before and after)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import torch
+from transformers import Trainer, TrainerCallback
+from trl.models.utils import unwrap_model_for_generation
+
+from ..decoding import DecodingConfig
+from ..tasks import Task, get_task
+from .evaluate import generate_and_score
+from .stats import summarize
+
+logger = logging.getLogger(__name__)
+
+
+class TaskEvaluationCallback(TrainerCallback):
+    """Evaluate a task during training and log ``eval_task/<task>/accuracy`` and ``.../stderr``.
+
+    Takes the trainer, like TRL's own completion-logging callback:
+
+        trainer.add_callback(TaskEvaluationCallback(trainer, "gsm8k", every=100, limit=256))
+
+    Evaluates every ``every`` optimizer steps (0: never), and at the start (``eval_on_start``) and the end
+    (``eval_on_end``; reusing an evaluation of the last step) of training. ``decoding`` defaults to the trainer's
+    rollout settings, greedy: the run's own length, block, steps and fast modes. The evaluation set (``split`` of
+    the task; ``prompt_style`` default: the paper's evaluation prompt) is built once. The metrics go through
+    `transformers.Trainer.log`, so they reach the log history and every reporting integration without flushing the
+    trainer's running training metrics. Each evaluation's summary is kept in ``history`` (with its ``step``) and its
+    per-problem records in ``records[step]``.
+    """
+
+    def __init__(
+        self,
+        trainer,
+        task: str | Task,
+        *,
+        every: int = 0,
+        eval_on_start: bool = False,
+        eval_on_end: bool = False,
+        decoding: DecodingConfig | None = None,
+        split: str = "test",
+        data=None,
+        prompt_style: str | None = None,
+        prompt_options: dict | None = None,
+        limit: int | None = None,
+        batch_size: int = 16,
+    ):
+        if every < 0:
+            raise ValueError(f"every must be a number of steps >= 0 (0: never), got {every}")
+        self.trainer = trainer
+        self.task = get_task(task)
+        self.every, self.eval_on_start, self.eval_on_end = every, eval_on_start, eval_on_end
+        self.decoding = decoding or replace(trainer.args.rollout_config(), temperature=0.0)
+        self.batch_size = batch_size
+        self.dataset = self.task.dataset(
+            split, prompt_style=prompt_style or self.task.eval_prompt, data=data, limit=limit, **(prompt_options or {})
+        )
+        self.history: list[dict] = []
+        self.records: dict[int, list[dict]] = {}
+
+    def evaluate(self, step: int) -> dict:
+        trainer = self.trainer
+        unwrapped = unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator)
+        with unwrapped as model, torch.no_grad(), trainer.accelerator.autocast():
+            records = generate_and_score(
+                self.task,
+                model,
+                trainer.processing_class,
+                self.dataset,
+                self.decoding,
+                batch_size=self.batch_size,
+                mask_token_id=getattr(trainer, "mask_token_id", None),
+            )
+        result = {"step": step, **summarize(records, self.task.cluster_key)}
+        self.history.append(result)
+        self.records[step] = records
+        logger.info(
+            "%s held-out accuracy at step %d: %.4f +- %.4f (%d problems)",
+            self.task.title, step, result["accuracy"], result["stderr"], result["problems"],
+        )  # fmt: skip
+        prefix = f"eval_task/{self.task.name}"
+        # `on_log` clears `should_log`; keep it so the trainer still logs its own metrics at this step.
+        should_log = trainer.control.should_log
+        Trainer.log(trainer, {f"{prefix}/accuracy": result["accuracy"], f"{prefix}/stderr": result["stderr"]})
+        trainer.control.should_log = should_log
+        return result
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.eval_on_start:
+            self.evaluate(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self.evaluate(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.eval_on_end and not (self.history and self.history[-1]["step"] == state.global_step):
+            self.evaluate(state.global_step)

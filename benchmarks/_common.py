@@ -23,6 +23,21 @@ from transformers import LlamaForCausalLM  # noqa: E402
 from trl_spg.tiny import bidirectional_llama  # noqa: E402
 
 PRESETS = {
+    # The smallest run of every script: what the test suite's smoke tests use.
+    "tiny": dict(
+        vocab=64,
+        hidden=32,
+        layers=1,
+        heads=2,
+        intermediate=64,
+        batch=2,
+        prompt=4,
+        gen=8,
+        block=4,
+        steps=4,
+        device="cpu",
+        dtype="float32",
+    ),
     # The CPU setup of the issue: a tiny bidirectional Llama with a realistic vocabulary.
     "cpu": dict(
         vocab=32000,

@@ -171,7 +171,7 @@ def sudoku(args) -> None:
     from trl_spg.tiny.sudoku import default_cache_dir, load_tiny_policy
 
     start = time.perf_counter()
-    model, tokenizer = load_tiny_policy(seed=args.sudoku_seed)
+    model, tokenizer = load_tiny_policy(seed=args.sudoku_seed, sft_steps=args.sudoku_warm_start_steps)
     print(f"\ntiny Sudoku policy (warm-start seed {args.sudoku_seed}, cache {default_cache_dir()}) ready in ", end="")
     print(f"{time.perf_counter() - start:.1f} s")
     model = model.to(args.device).eval()
@@ -237,6 +237,7 @@ def main() -> None:
     sudoku_flags.add_argument("--sudoku", dest="sudoku", action="store_true", default=None, help="run part 2")
     sudoku_flags.add_argument("--no-sudoku", dest="sudoku", action="store_false", help="skip part 2")
     p.add_argument("--sudoku-seed", type=int, default=42, help="warm-start seed (SPGConfig's default seed: 42)")
+    p.add_argument("--sudoku-warm-start-steps", type=int, help="SFT steps of the warm start (default: the policy's)")
     p.add_argument("--sudoku-puzzles", type=int, default=256, help="held-out puzzles (default 256)")
     p.add_argument("--sudoku-batch", type=int, default=128)
     p.add_argument("--sudoku-repeats", type=int, default=3)

@@ -24,10 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trl_spg.evaluation import evaluate_sudoku  # noqa: E402
+from trl_spg.decoding import DecodingConfig  # noqa: E402
+from trl_spg.evaluation import generate_and_score, summarize  # noqa: E402
 from trl_spg.objective import SPGObjective  # noqa: E402
 from trl_spg.sampler import completion_mask_from_ids, diffusion_generate  # noqa: E402
-from trl_spg.tasks.sudoku import compact_completion, compact_prompt, sudoku_reward, sudoku_split  # noqa: E402
+from trl_spg.tasks.sudoku import TASK, compact_completion, compact_prompt, sudoku_reward, sudoku_split  # noqa: E402
 from trl_spg.tiny.sudoku import TINY_COMPLETION_LENGTH, TinySudokuSpec, tiny_sudoku_model  # noqa: E402
 
 DEFAULT_SETTINGS = ["mix:0.15:0.3", "mix:0:0.3", "mix:0:0", "elbo:0.15:0.3", "elbo:0:0.3", "none:0:0.3"]
@@ -173,11 +174,11 @@ def main(argv=None) -> dict:
 
     supervised = loss_gradient(model, [(torch.Generator().manual_seed(6),)], sft_loss)
 
+    held_out_set = TASK.dataset("test", prompt_style="compact", data=test_rows)
+    greedy = DecodingConfig(gen_length=width, block_length=width, steps=width // 2)
+
     def held_out() -> float:
-        result = evaluate_sudoku(
-            model, tokenizer, test_rows, gen_length=width, block_length=width, steps=width // 2, batch_size=128
-        )
-        return result["accuracy"]
+        return summarize(generate_and_score(TASK, model, tokenizer, held_out_set, greedy, batch_size=128))["accuracy"]
 
     original = [p.detach().clone() for p in model.parameters()]
 

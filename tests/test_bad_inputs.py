@@ -219,6 +219,7 @@ def run_job(output_dir: Path, *flags: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path):
     """SIGKILL after step 3 (checkpoint at step 2), resume: same final weights as a run never killed; at most one
     save interval (2 steps) is repeated. The reward returns None and NaN for some completions throughout."""

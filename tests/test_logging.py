@@ -24,6 +24,7 @@ def train(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, tracker):
     return trainer
 
 
+@pytest.mark.slow
 def test_tensorboard(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -36,6 +37,7 @@ def test_tensorboard(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
     assert [event.step for event in accumulator.Scalars("train/spg/elbo")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_wandb_offline(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
     train(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, "wandb")
     runs = sorted(glob.glob(os.path.join(os.environ["WANDB_DIR"], "wandb", "offline-run-*")), key=os.path.getmtime)
@@ -51,6 +53,7 @@ def test_wandb_offline(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
     assert glob.glob(os.path.join(runs[-1], "files", "media", "table", "completions_*.table.json"))
 
 
+@pytest.mark.slow
 def test_trackio_local(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
     train(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, "trackio")
     databases = glob.glob(os.path.join(os.environ["TRACKIO_DIR"], "*.db"))

@@ -10,6 +10,7 @@ import torch
 from multiprocess_job import FixedRolloutTrainer, build
 
 JOB = Path(__file__).parent / "multiprocess_job.py"
+pytestmark = pytest.mark.slow  # one 2-process launch for the module
 
 
 @pytest.fixture(scope="module")

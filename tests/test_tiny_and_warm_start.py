@@ -274,6 +274,7 @@ def test_left_pad_right_aligns_prompts_with_their_attention_mask():
 # --- package layout and the tiny Sudoku policy ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_package_imports_only_the_model_builders():
     """`import trl_spg.tiny` must not pull in the warm start or the Sudoku policy; `tiny.sudoku` nothing above it."""
     code = (

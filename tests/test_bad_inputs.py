@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from huggingface_hub import ModelCard
 from peft import LoraConfig
 from safetensors.torch import load_file
 from tiny_models import BareDiffusionLM, char_variety, make_args, tiny_bidirectional_llama
@@ -155,11 +156,12 @@ def test_card_of_a_model_built_in_code(tmp_path, tiny_model, tiny_tokenizer, pro
         processing_class=tiny_tokenizer,
         peft_config=LoraConfig(r=4, target_modules=["q_proj"]),
     )
-    trainer.create_model_card()
+    trainer.create_model_card(tags="my-tag")
     card = (tmp_path / "out" / "README.md").read_text()
     assert "base_model" not in card.split("---")[1]
     assert "not recorded" in card and f"load_model_and_tokenizer({UNKNOWN_BASE_MODEL!r})" in card
     assert "load_model_and_tokenizer('')" not in card
+    assert ModelCard(card).data.tags == ["trl", "spg", "diffusion-lm", "lora", "peft", "my-tag"]  # a string tag
 
 
 def test_no_fake_zero_bounds_when_every_completion_is_masked(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):

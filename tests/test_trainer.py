@@ -351,29 +351,6 @@ def test_rejects_non_spg_config(tmp_path, tiny_model, prompt_dataset, tiny_token
         )
 
 
-def test_model_card_after_training(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
-    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    args = make_args(tmp_path, hub_model_id="someone/tiny-spg")
-    trainer = SPGTrainer(
-        tiny_model,
-        char_variety,
-        args=args,
-        train_dataset=prompt_dataset,
-        processing_class=tiny_tokenizer,
-        peft_config=peft_config,
-    )
-    trainer.train()
-    trainer.save_model()
-    trainer.create_model_card(dataset_name="toy")
-    card = (tmp_path / "out" / "README.md").read_text()
-    assert "PeftModel.from_pretrained" in card and "someone/tiny-spg" in card
-    assert "diffusion_generate" in card and "block_length=4" in card.replace(" ", "")
-    code = "".join(card.split("```")[1::2])
-    assert "pipeline(" not in code and ".generate(" not in code
-    assert "2510.09541" in card
-    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == 4
-
-
 def test_push_to_hub_uploads_adapter_and_card(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, monkeypatch):
     """Everything up to the network call: the folder handed to the upload holds the adapter and our card."""
     import transformers.trainer
@@ -404,7 +381,13 @@ def test_push_to_hub_uploads_adapter_and_card(tmp_path, tiny_model, tiny_tokeniz
     (upload,) = uploads
     assert upload["kwargs"]["repo_id"] == "someone/tiny-spg"
     assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "tokenizer.json"} <= upload["files"]
-    assert "PeftModel.from_pretrained" in upload["card"] and "spg" in upload["card"]
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == 4
+    # The card loads the adapter and decodes with the rollouts' settings, never with `generate`.
+    card = upload["card"]
+    assert "PeftModel.from_pretrained" in card and "someone/tiny-spg" in card and "2510.09541" in card
+    assert "diffusion_generate" in card and "block_length=4" in card.replace(" ", "")
+    code = "".join(card.split("```")[1::2])
+    assert "pipeline(" not in code and ".generate(" not in code
 
 
 class GradientRecorder(TrainerCallback):
@@ -501,22 +484,6 @@ def test_resume_reproduces_masks_and_parameters(tmp_path, tiny_tokenizer, prompt
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted[2:], recorder.draws))
     for (name, param), other in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(param, other), name
-
-
-def test_card_tags_given_as_one_string(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
-    from huggingface_hub import ModelCard
-
-    trainer = SPGTrainer(
-        tiny_model,
-        char_variety,
-        args=make_args(tmp_path),
-        train_dataset=prompt_dataset,
-        processing_class=tiny_tokenizer,
-    )
-    trainer.create_model_card(tags="my-tag")
-    card = ModelCard.load(tmp_path / "out" / "README.md")
-    assert card.data.tags == ["trl", "spg", "diffusion-lm", "my-tag"]
-    assert "base_model" not in card.data.to_dict()  # a model built in code records no base
 
 
 @pytest.mark.parametrize("option", ["tools", "rollout_func", "environment_factory"])

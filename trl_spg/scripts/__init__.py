@@ -1,1 +1,1 @@
-"""Command-line entry points (`trl-spg`)."""
+"""The command lines: `trl-spg` (`spg.py`, training) and `trl-spg-evaluate` (`evaluate.py`, evaluation)."""

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 import tempfile
@@ -34,3 +35,15 @@ def tiny_model(tiny_tokenizer):
 @pytest.fixture
 def prompt_dataset():
     return Dataset.from_dict({"prompt": ["12=", "34=", "ab=", "x="] * 2, "target": ["1", "3", "a", "x"] * 2})
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, tiny_model, tiny_tokenizer):
+    """A saved tiny model (``tiny``) and a local dataset folder with a ``prompt`` column (``data/train.jsonl``)."""
+    tiny_model.save_pretrained(tmp_path / "tiny")
+    tiny_tokenizer.save_pretrained(tmp_path / "tiny")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"prompt": prompt} for prompt in ["12=", "34=", "ab=", "x="] * 2]
+    (data / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return tmp_path

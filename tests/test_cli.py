@@ -18,17 +18,6 @@ SMALL = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--num_genera
 SMALL += ["--max_completion_length", "8", "--block_length", "4", "--diffusion_steps", "4", "--logging_steps", "1"]
 
 
-@pytest.fixture
-def tiny_folder(tmp_path, tiny_model, tiny_tokenizer):
-    tiny_model.save_pretrained(tmp_path / "tiny")
-    tiny_tokenizer.save_pretrained(tmp_path / "tiny")
-    data = tmp_path / "data"
-    data.mkdir()
-    rows = [{"prompt": prompt} for prompt in ["12=", "34=", "ab=", "x="] * 2]
-    (data / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    return tmp_path
-
-
 @pytest.mark.slow
 def test_help_lists_spg_model_and_script_flags():
     command = shutil.which("trl-spg")
@@ -200,3 +189,24 @@ def test_parse_applies_tiny_defaults_only_for_the_tiny_model(tmp_path):
     assert isinstance(training_args, WD1Config) and training_args.psi == 1.0 and not training_args.bf16
     with pytest.raises(ValueError, match="expected one of"):
         parse_args(["--algorithm", "ppo"])
+
+
+def test_tiny_run_saves_checkpoints_and_resumes_with_its_first_evaluation(tmp_path, monkeypatch):
+    from trl_spg.tiny import sudoku as tiny_sudoku
+
+    toy_spec = functools.partial(tiny_sudoku.TinySudokuSpec, hidden_size=32, num_layers=1, sft_batch_size=4)
+    monkeypatch.setattr(tiny_sudoku, "TinySudokuSpec", toy_spec)
+    monkeypatch.setenv("TRL_SPG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = ["--model_name_or_path", "tiny", "--task", "sudoku", "--output_dir", str(out), "--tiny_warm_start_steps", "2"]
+    args += ["--per_device_train_batch_size", "8", "--num_generations", "4", "--eval_limit", "8", "--save_steps", "1"]
+    args += ["--bf16", "false", "--use_cpu", "true"]
+    main([*args, "--max_steps", "2"])
+    first = json.loads((out / "sudoku_results.json").read_text())
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    # An interrupted run resumes from the last checkpoint, keeping the evaluation made before training.
+    shutil.rmtree(out / "checkpoint-2")
+    trainer = main([*args, "--max_steps", "2", "--resume_from_checkpoint", "last"])
+    resumed = json.loads((out / "sudoku_results.json").read_text())
+    assert trainer.state.global_step == 2 and resumed["before"] == first["before"] and resumed["before"]["step"] == 0
+    assert resumed["after"] == first["after"]  # the same model at step 2: resuming loses nothing

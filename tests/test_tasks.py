@@ -25,7 +25,7 @@ def test_registry_names_aliases_and_errors():
     assert task_names() == ["countdown", "gsm8k", "math500", "sudoku"]
     assert get_task("GSM") is get_task("gsm8k")
     assert get_task("math").name == "math500"
-    with pytest.raises(KeyError, match="available: countdown, gsm8k, math500, sudoku"):
+    with pytest.raises(ValueError, match="available: countdown, gsm8k, math500, sudoku"):
         get_task("arc")
     for name in task_names():
         task = get_task(name)

@@ -338,3 +338,31 @@ def resolve_eos_token_ids(model, tokenizer) -> list[int]:
         if token_id is not None and int(token_id) not in resolved:
             resolved.append(int(token_id))
     return resolved
+
+
+def mask_token_problems(model, tokenizer, mask_token_id: int, setting: str = "mask_token_id") -> list[str]:
+    """What makes ``mask_token_id`` unusable as the model's [MASK] (empty when it is fine), each with its fix.
+
+    It must lie in the vocabulary, differ from the pad and EOS tokens (else masked positions and real tokens are
+    indistinguishable), and equal the mask token the tokenizer or model config declares, if any (another id decodes
+    a real token where the model expects masks: silently wrong). ``setting`` names the option in the messages.
+    """
+    inner = unwrap_model(model)
+    vocab_size = inner.config.get_text_config().vocab_size
+    fix = f"set {setting} to the model's [MASK] id (126336 for LLaDA, 151666 for Dream) or leave it unset"
+    if not 0 <= mask_token_id < vocab_size:
+        return [f"{setting}={mask_token_id} is outside the model's vocabulary (ids 0 to {vocab_size - 1}); {fix}."]
+    if mask_token_id == getattr(tokenizer, "pad_token_id", None) or mask_token_id in resolve_eos_token_ids(
+        inner, tokenizer
+    ):
+        role = "the pad token" if mask_token_id == getattr(tokenizer, "pad_token_id", None) else "an EOS token"
+        return [
+            f"{setting}={mask_token_id} is also {role}: masked positions and real tokens would be indistinguishable; "
+            f"{fix}."
+        ]
+    declared = getattr(tokenizer, "mask_token_id", None)
+    if declared is None:
+        declared = getattr(inner.config, "mask_token_id", None)
+    if declared is not None and mask_token_id != declared:
+        return [f"{setting}={mask_token_id} is not the model's mask token ({declared}); {fix}."]
+    return []

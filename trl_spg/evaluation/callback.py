@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import replace
 
 import torch
@@ -30,7 +32,9 @@ class TaskEvaluationCallback(TrainerCallback):
     the task; ``prompt_style`` default: the paper's evaluation prompt) is built once. The metrics go through
     `transformers.Trainer.log`, so they reach the log history and every reporting integration without flushing the
     trainer's running training metrics. Each evaluation's summary is kept in ``history`` (with its ``step``) and its
-    per-problem records in ``records[step]``.
+    per-problem records in ``records[step]``; both also go to ``<output_dir>/<task>_evaluations.json`` (per problem
+    only what the statistics read), so a run resumed from a checkpoint keeps the evaluations made before it,
+    including the one at the start.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class TaskEvaluationCallback(TrainerCallback):
         result = {"step": step, **summarize(records, self.task.cluster_key)}
         self.history.append(result)
         self.records[step] = records
+        self._save()
         logger.info(
             "%s held-out accuracy at step %d: %.4f +- %.4f (%d problems)",
             self.task.title, step, result["accuracy"], result["stderr"], result["problems"],
@@ -89,8 +94,26 @@ class TaskEvaluationCallback(TrainerCallback):
         trainer.control.should_log = should_log
         return result
 
+    def _path(self) -> str:
+        return os.path.join(self.trainer.args.output_dir, f"{self.task.name}_evaluations.json")
+
+    def _save(self) -> None:
+        if not self.trainer.is_world_process_zero():
+            return
+        keys = ("correct", "total", *([self.task.cluster_key] if self.task.cluster_key else []))
+        records = {step: [{k: r[k] for k in keys} for r in rows] for step, rows in self.records.items()}
+        os.makedirs(self.trainer.args.output_dir, exist_ok=True)
+        with open(self._path(), "w") as handle:
+            json.dump({"history": self.history, "records": records}, handle)
+
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.eval_on_start:
+        if state.global_step > 0 and os.path.isfile(self._path()):  # resumed: the evaluations up to the checkpoint
+            with open(self._path()) as handle:
+                saved = json.load(handle)
+            self.history = [entry for entry in saved["history"] if entry["step"] <= state.global_step]
+            self.records = {int(k): v for k, v in saved["records"].items() if int(k) <= state.global_step}
+            logger.info("Resumed with %d earlier evaluations of %s", len(self.history), self.task.title)
+        elif self.eval_on_start:
             self.evaluate(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):

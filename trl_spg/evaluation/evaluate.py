@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -156,8 +157,8 @@ def evaluate_task(
 ) -> dict:
     """Evaluate ``model`` on ``task``; returns the summary (and writes the reports).
 
-    ``decoding`` (default: the paper's protocol) is applied at each of ``gen_lengths`` (default: the task's)
-    through `DecodingConfig.at_length`; its fast modes depart from the protocol's exact sampler and are recorded
+    ``decoding`` (default: the paper's protocol) is applied at each of ``gen_lengths`` (default: the task's): its
+    ``block_length`` and ``steps`` when set, else the default rule at that length; its fast modes depart from the protocol's exact sampler and are recorded
     under ``fast_decoding``. ``dataset`` (a task dataset with a ``prompt`` column) overrides ``split`` / ``data`` /
     ``prompt_style`` / ``limit``. The summary has one entry per generation length in ``results``; ``records``
     (per-problem completions and scores) is returned beside it and written to ``output_dir`` by the main process.
@@ -170,7 +171,7 @@ def evaluate_task(
     state = process_state()
     results, records = [], []
     for gen_length in gen_lengths or task.gen_lengths:
-        settings = decoding.at_length(gen_length)
+        settings = replace(decoding, gen_length=gen_length).validated()
         scored = generate_and_score(
             task,
             model,

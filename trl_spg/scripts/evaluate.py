@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..decoding import DecodingConfig, decoding_field
+from . import _cli
 
 #: The `DecodingConfig` fields set per run (the generation lengths are a list of their own).
 _DECODING_FLAGS = tuple(f.name for f in fields(DecodingConfig) if f.name != "gen_length")
@@ -95,10 +96,63 @@ class EvaluationArguments:
 
 
 def parse_args(argv: list[str]) -> EvaluationArguments:
+    """Flags, ``--config`` YAML, then defaults: a folder trained by `trl-spg` (``--model_name_or_path`` or
+    ``--adapter``) supplies the task, prompts and decoding it was evaluated with; the tiny model its compact prompts
+    and 20-token generations."""
     from trl import TrlParser
 
-    (args,) = TrlParser((EvaluationArguments,), prog="trl-spg-evaluate").parse_args_and_config(args=argv)
+    from ..tiny.sudoku import TINY_COMPLETION_LENGTH, TINY_MODEL
+
+    parser = TrlParser((EvaluationArguments,), prog="trl-spg-evaluate")
+    for flag in ("adapter", "model_name_or_path"):
+        folder = _cli.flag_or_config_value(argv, flag)
+        if folder == TINY_MODEL:
+            parser.set_defaults(prompt_style="compact", gen_lengths=[TINY_COMPLETION_LENGTH])
+        elif folder and (Path(folder) / _cli.EVALUATION_SETTINGS).is_file():
+            parser.set_defaults(**json.loads((Path(folder) / _cli.EVALUATION_SETTINGS).read_text()))
+            break
+    (args,) = parser.parse_args_and_config(args=argv)
     return args
+
+
+def check_arguments(args: EvaluationArguments, task) -> None:
+    """Every check that needs no model, before anything loads (each error names its flag)."""
+    from ..tiny.sudoku import TINY_MODEL
+
+    _cli.check(args.model_name_or_path, "--model_name_or_path is required (or --merge).")
+    if args.model_name_or_path != TINY_MODEL:
+        _cli.check_model_name(args.model_name_or_path)
+    _cli.check_model_name(args.adapter, "--adapter")
+    _cli.check_output_dir(args.output_dir)
+    for flag in ("limit", "batch_size"):
+        _cli.check_positive(getattr(args, flag), f"--{flag}")
+    _cli.check(
+        args.prompt_style in (None, *task.prompts),
+        f"--prompt_style {args.prompt_style}: the {task.name} task has {sorted(task.prompts)}.",
+    )
+    names = {name: f"--{name}" for name in _DECODING_FLAGS} | {"gen_length": "--gen_lengths"}
+    for length in args.gen_lengths or task.gen_lengths:
+        problems = args.decoding_config(length).problems(names)
+        _cli.check(not problems, " ".join(problems))
+
+
+def check_model(args: EvaluationArguments, model, tokenizer, dataset) -> None:
+    """The mask id is the model's, and the longest prompt plus the longest generation fits its positions."""
+    from ..evaluation import render_prompts
+    from ..modeling import mask_token_problems
+
+    if args.mask_token_id is not None:
+        problems = mask_token_problems(model, tokenizer, args.mask_token_id, "--mask_token_id")
+        _cli.check(not problems, " ".join(problems))
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    prompts = render_prompts(tokenizer, dataset["prompt"])
+    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    generation = max(args.gen_lengths or [])
+    _cli.check(
+        limit is None or longest + generation <= limit,
+        f"--gen_lengths {generation}: with the longest prompt ({longest} tokens) the canvas exceeds the model's "
+        f"{limit} positions; use --gen_lengths <= {limit - longest}, a shorter --prompt_style or fewer --few_shot.",
+    )
 
 
 def _label(args: EvaluationArguments) -> str:
@@ -114,10 +168,10 @@ def _label(args: EvaluationArguments) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Parse, load, evaluate, report; returns the summary (with per-problem ``records``)."""
+    """Parse, check, load, evaluate, report; returns the summary (with per-problem ``records``)."""
     from ..evaluation import evaluate_task, markdown_table, process_state
     from ..tasks import get_task
-    from ..tiny.sudoku import TINY_COMPLETION_LENGTH, TINY_MODEL, load_tiny_policy
+    from ..tiny.sudoku import TINY_MODEL, load_tiny_policy
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -125,16 +179,18 @@ def main(argv: list[str] | None = None) -> dict:
         table = markdown_table([json.loads(Path(path).read_text()) for path in args.merge])
         print(table, end="")
         return {"table": table}
-    problems = args.decoding_config().problems()
-    if problems:
-        raise SystemExit("Invalid decoding settings: " + " ".join(problems))
-    if not args.model_name_or_path:
-        raise SystemExit("--model_name_or_path is required (or --merge).")
-
     task = get_task(args.task)
+    check_arguments(args, task)
+    args.gen_lengths = list(args.gen_lengths or task.gen_lengths)
+    prompt_options = {"few_shot": args.few_shot} if args.few_shot is not None else {}
+    dataset = task.dataset(
+        args.split, prompt_style=args.prompt_style or task.eval_prompt, data=args.data, limit=args.limit,
+        **prompt_options,
+    )  # fmt: skip
+    _cli.check(len(dataset) > 0, f"The {task.name} task's {args.split} split is empty (--data {args.data}).")
+
     state = process_state()
-    tiny = args.model_name_or_path == TINY_MODEL
-    if tiny:
+    if args.model_name_or_path == TINY_MODEL:
         with state.main_process_first():  # the first process warm-starts and caches, the others load the cache
             model, tokenizer = load_tiny_policy()
     else:
@@ -146,19 +202,16 @@ def main(argv: list[str] | None = None) -> dict:
 
         model = PeftModel.from_pretrained(model, args.adapter)
     model = model.to(state.device).eval()
-
-    prompt_style = args.prompt_style or ("compact" if tiny and "compact" in task.prompts else None)
-    gen_lengths = args.gen_lengths or ([TINY_COMPLETION_LENGTH] if tiny else None)
+    check_model(args, model, tokenizer, dataset)
     result = evaluate_task(
         task,
         model,
         tokenizer,
         split=args.split,
         data=args.data,
-        prompt_style=prompt_style,
-        prompt_options={"few_shot": args.few_shot} if args.few_shot is not None else {},
-        limit=args.limit,
-        gen_lengths=gen_lengths,
+        dataset=dataset,
+        prompt_style=args.prompt_style,
+        gen_lengths=args.gen_lengths,
         decoding=args.decoding_config(),
         batch_size=args.batch_size,
         mask_token_id=args.mask_token_id,
@@ -174,10 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def cli() -> None:
-    """The `trl-spg-evaluate` console script: exit status 0 on success."""
-    main()
+def cli() -> int:
+    """The `trl-spg-evaluate` console script: exit status 0 on success, 2 with a one-line message on a user error."""
+    return _cli.run(main, "trl-spg-evaluate")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

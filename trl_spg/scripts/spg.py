@@ -20,7 +20,6 @@ any of them. LLaDA / Dream checkpoints load through `trl_spg.models`, like any s
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -29,6 +28,8 @@ import sys
 from dataclasses import dataclass, field
 
 from trl import ScriptArguments
+
+from . import _cli
 
 logger = logging.getLogger("trl_spg.scripts.spg")
 
@@ -181,28 +182,6 @@ def make_parser(algorithm: str = "spg"):
     return TrlParser((SPGScriptArguments, config_class, ModelConfig, DatasetMixtureConfig), prog="trl-spg")
 
 
-def flag_or_config_value(argv: list[str], name: str, default=None):
-    """The value of ``--name`` in ``argv``, else of ``name`` in the ``--config`` YAML file, else ``default``.
-
-    For the few settings that decide how the rest is parsed (the config class, which defaults apply), read before
-    the full parse: building the configs first would already validate them against the wrong defaults.
-    """
-    import yaml
-
-    pre_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre_parser.add_argument(f"--{name}", default=None)
-    pre_parser.add_argument("--config", default=None)
-    known = pre_parser.parse_known_args(argv)[0]
-    if getattr(known, name) is not None:
-        return getattr(known, name)
-    if known.config:
-        with open(known.config) as handle:
-            value = (yaml.safe_load(handle) or {}).get(name)
-        if value is not None:
-            return value
-    return default
-
-
 def tiny_defaults(algorithm: str, task: str | None) -> dict:
     """Settings of the built-in tiny CPU run (`--model_name_or_path tiny`); flags and YAML values override them."""
     from trl_spg.tiny.sudoku import SPG_DEFAULTS, TRAINING_DEFAULTS
@@ -214,6 +193,10 @@ def tiny_defaults(algorithm: str, task: str | None) -> dict:
         "eval_before_after": True,
         "eval_batch_size": 128,
         "output_dir": f"outputs/{task or 'sudoku'}-tiny-{algorithm}",
+        # A checkpoint every 20 steps (the last two kept): an interrupted run resumes with --resume_from_checkpoint last.
+        "save_strategy": "steps",
+        "save_steps": 20,
+        "save_total_limit": 2,
     }
 
 
@@ -221,10 +204,10 @@ def parse_args(argv: list[str]) -> tuple:
     """``(script_args, training_args, model_args, dataset_args)`` from flags and an optional ``--config`` YAML."""
     from trl_spg.tiny.sudoku import TINY_MODEL
 
-    algorithm = flag_or_config_value(argv, "algorithm", default="spg")
+    algorithm = _cli.flag_or_config_value(argv, "algorithm", default="spg")
     parser = make_parser(algorithm)
-    if flag_or_config_value(argv, "model_name_or_path") == TINY_MODEL:
-        parser.set_defaults(**tiny_defaults(algorithm, flag_or_config_value(argv, "task")))
+    if _cli.flag_or_config_value(argv, "model_name_or_path") == TINY_MODEL:
+        parser.set_defaults(**tiny_defaults(algorithm, _cli.flag_or_config_value(argv, "task")))
     return parser.parse_args_and_config(args=argv)
 
 
@@ -280,56 +263,113 @@ def trainer_model_arguments(model_args, training_args, script_args) -> dict:
 
 
 def main(argv: list[str] | None = None):
-    """Parse, train, save; returns the trainer."""
+    """Parse, check, train, save; returns the trainer (exceptions propagate: `cli` reports them)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    argv = sys.argv[1:] if argv is None else argv
-    return train(*parse_args(argv))
+    return train(*parse_args(sys.argv[1:] if argv is None else argv))
 
 
-def cli() -> None:
-    """The `trl-spg` console script: exit status 0 on success."""
-    main()
+def cli() -> int:
+    """The `trl-spg` console script: exit status 0 on success, 2 with a one-line message on a user error."""
+    return _cli.run(main, "trl-spg")
 
 
-def train(script_args, training_args, model_args, dataset_args):
+def check_arguments(script_args, training_args, model_args) -> None:
+    """Every check that needs no model or data, before anything loads (each error names its flag)."""
+    from trl_spg.tiny.sudoku import TINY_MODEL
+
+    _cli.check_output_dir(training_args.output_dir)
+    if model_args.model_name_or_path != TINY_MODEL:
+        _cli.check_model_name(model_args.model_name_or_path)
+    else:
+        _cli.check(
+            not (model_args.load_in_4bit or model_args.load_in_8bit),
+            "--load_in_4bit / --load_in_8bit quantise a checkpoint loaded by name; the tiny model is built in code "
+            "in float32 (drop the flag).",
+        )
+    for flag in ("eval_limit", "eval_batch_size", "eval_gen_length"):
+        _cli.check_positive(getattr(script_args, flag), f"--{flag}")
+    if script_args.task:
+        from trl_spg.tasks import get_task
+
+        task = get_task(script_args.task)
+        _cli.check(
+            script_args.prompt_style in (None, *task.prompts),
+            f"--prompt_style {script_args.prompt_style}: the {task.name} task has {sorted(task.prompts)}.",
+        )
+        evaluation = _evaluation_decoding(training_args, script_args)
+        problems = evaluation.problems({"gen_length": "--eval_gen_length", "block_length": "--block_length"})
+        _cli.check(not problems, "The evaluation's decoding: " + " ".join(problems))
+    elif script_args.eval_every or script_args.eval_before_after:
+        raise ValueError("--eval_every / --eval_before_after evaluate a task: give --task.")
+    training_args.resume_from_checkpoint = _cli.resolve_checkpoint_flag(
+        training_args.resume_from_checkpoint, training_args.output_dir
+    )
+
+
+def _evaluation_decoding(training_args, script_args):
+    """Greedy, with the rollouts' settings at the evaluation length."""
+    from dataclasses import replace
+
+    rollout = training_args.rollout_config()
+    return replace(rollout.at_length(script_args.eval_gen_length or rollout.gen_length), temperature=0.0)
+
+
+def load_training_data(script_args, dataset_args, training_args):
+    """``(train_dataset, eval_dataset, task, hub dataset name)`` from ``--task``, ``--dataset_name`` (a Hub id, or a
+    local file or folder) or a dataset mixture."""
     from datasets import load_dataset
     from trl import get_dataset
 
+    from trl_spg.tasks import get_task
+    from trl_spg.tasks.base import load_rows
+
+    if script_args.task:
+        task = get_task(script_args.task)
+        options = {"few_shot": script_args.few_shot} if script_args.few_shot is not None else {}
+        train_dataset = task.dataset(
+            "train", prompt_style=script_args.prompt_style, data=script_args.train_data, **options
+        )
+        hub = task.hub.get("train")  # the card's `datasets` metadata names Hub datasets only
+        return (
+            train_dataset,
+            None,
+            task,
+            hub.path if hub is not None and script_args.train_data in (None, "hub") else None,
+        )
+    name, eval_dataset = script_args.dataset_name, None
+    if dataset_args.datasets:
+        dataset = get_dataset(dataset_args)
+    elif name and os.path.exists(name):
+        splits = [script_args.dataset_train_split]
+        if training_args.eval_strategy != "no":
+            splits.append(script_args.dataset_test_split)
+        dataset = {split: load_rows(name, split) for split in splits}
+        name = None  # a local file: no Hub dataset to name in the card
+    elif name:
+        dataset = load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
+    else:
+        raise ValueError("Give --task, --dataset_name (a Hub id, or a local file or folder) or a `datasets` mixture.")
+    train_dataset = dataset[script_args.dataset_train_split]
+    _cli.check_prompt_column(train_dataset, "--dataset_name")
+    if training_args.eval_strategy != "no":
+        eval_dataset = dataset[script_args.dataset_test_split]
+    return train_dataset, eval_dataset, None, name
+
+
+def train(script_args, training_args, model_args, dataset_args):
     trainer_class, _ = trainer_and_config_classes(script_args.algorithm)
+    check_arguments(script_args, training_args, model_args)
     threads = set_cpu_threads(script_args.num_threads, training_args)
     if threads is not None:
         logger.info("torch uses %d CPU threads", threads)
     registry = trl_reward_functions(training_args.max_completion_length)
     reward_funcs = [script_args.reward_model_name_or_path] if script_args.reward_model_name_or_path else []
     reward_funcs += [resolve_reward_function(name, registry) for name in script_args.reward_funcs or []]
-
-    task, eval_dataset, dataset_name = None, None, script_args.dataset_name
-    prompt_options = {"few_shot": script_args.few_shot} if script_args.few_shot is not None else {}
-    if script_args.task:
-        from trl_spg.tasks import get_task
-
-        task = get_task(script_args.task)
-        train_dataset = task.dataset(
-            "train", prompt_style=script_args.prompt_style, data=script_args.train_data, **prompt_options
-        )
+    train_dataset, eval_dataset, task, dataset_name = load_training_data(script_args, dataset_args, training_args)
+    if task is not None:
         if not reward_funcs and task.reward_weights is not None and training_args.reward_weights is None:
             training_args.reward_weights = list(task.reward_weights)
         reward_funcs = list(task.reward_funcs) + reward_funcs
-        # The card's `datasets` metadata names Hub datasets only.
-        hub = task.hub.get("train")
-        dataset_name = hub.path if hub is not None and script_args.train_data in (None, "hub") else None
-    elif dataset_args.datasets or script_args.dataset_name:
-        if dataset_args.datasets:
-            dataset = get_dataset(dataset_args)
-        else:
-            dataset = load_dataset(
-                script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
-            )
-        train_dataset = dataset[script_args.dataset_train_split]
-        if training_args.eval_strategy != "no":
-            eval_dataset = dataset[script_args.dataset_test_split]
-    else:
-        raise ValueError("Give --task, --dataset_name or `datasets` (a dataset mixture) to train on.")
     if not reward_funcs:
         raise ValueError("Give --task or at least one of --reward_funcs / --reward_model_name_or_path.")
 
@@ -342,7 +382,7 @@ def train(script_args, training_args, model_args, dataset_args):
     )
     evaluation = None
     if task is not None and (script_args.eval_every > 0 or script_args.eval_before_after):
-        evaluation = _task_evaluation(trainer, task, script_args, prompt_options)
+        evaluation = _task_evaluation(trainer, task, script_args)
         trainer.add_callback(evaluation)
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
@@ -350,6 +390,10 @@ def train(script_args, training_args, model_args, dataset_args):
         trainer.create_model_card(dataset_name=dataset_name)
         title = f"{trainer_class._name} on {task.title}" if task is not None else trainer_class._name
         plot_rewards(trainer.state.log_history, os.path.join(training_args.output_dir, "reward_curve.png"), title)
+        if task is not None:
+            save_evaluation_settings(
+                training_args.output_dir, script_args, _evaluation_decoding(training_args, script_args)
+            )
         if evaluation is not None and script_args.eval_before_after:
             results = before_after_results(evaluation, script_args.eval_every)
             results["train_runtime_s"] = train_output.metrics["train_runtime"]
@@ -363,23 +407,33 @@ def train(script_args, training_args, model_args, dataset_args):
     return trainer
 
 
-def _task_evaluation(trainer, task, script_args, prompt_options):
-    from dataclasses import replace
+def save_evaluation_settings(output_dir: str, script_args, decoding) -> None:
+    """The task, prompts and greedy decoding of the run, which `trl-spg-evaluate` takes as its defaults."""
+    settings = {
+        "task": script_args.task,
+        "prompt_style": script_args.prompt_style,
+        "few_shot": script_args.few_shot,
+        "data": script_args.eval_data,
+        "gen_lengths": [decoding.gen_length],
+        **{key: value for key, value in vars(decoding).items() if key != "gen_length"},
+    }
+    with open(os.path.join(output_dir, _cli.EVALUATION_SETTINGS), "w") as handle:
+        json.dump(settings, handle, indent=2)
 
+
+def _task_evaluation(trainer, task, script_args):
     from trl_spg.evaluation import TaskEvaluationCallback
 
-    rollout = trainer.args.rollout_config()
-    greedy = replace(rollout.at_length(script_args.eval_gen_length or rollout.gen_length), temperature=0.0)
     return TaskEvaluationCallback(
         trainer,
         task,
         every=script_args.eval_every,
         eval_on_start=script_args.eval_before_after,
         eval_on_end=script_args.eval_before_after,
-        decoding=greedy,
+        decoding=_evaluation_decoding(trainer.args, script_args),
         data=script_args.eval_data,
         prompt_style=script_args.prompt_style,
-        prompt_options=prompt_options,
+        prompt_options={"few_shot": script_args.few_shot} if script_args.few_shot is not None else {},
         limit=script_args.eval_limit,
         batch_size=script_args.eval_batch_size,
     )
@@ -449,4 +503,4 @@ def plot_rewards(log_history: list[dict], path: str, title: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -49,5 +49,5 @@ def get_task(name: str | Task) -> Task:
     if key in _REGISTERED:
         return _REGISTERED[key]
     if key not in _BUILTIN_TASKS:
-        raise KeyError(f"Unknown task {name!r}; available: {', '.join(task_names())}.")
+        raise ValueError(f"Unknown task {name!r}; available: {', '.join(task_names())}.")
     return import_module(_BUILTIN_TASKS[key]).TASK

@@ -178,7 +178,13 @@ class Task:
     def examples(self, split: str = "test", data: DataArg = None, limit: int | None = None) -> datasets.Dataset:
         """The task's columns for ``split`` (``prepare`` applied, ``keep`` filtered, the first ``limit`` rows)."""
         raw = self.raw_rows(split, data)
-        prepared = raw.map(self.prepare, remove_columns=raw.column_names, desc=f"{self.name}: preparing {split}")
+        try:
+            prepared = raw.map(self.prepare, remove_columns=raw.column_names, desc=f"{self.name}: preparing {split}")
+        except KeyError as missing:
+            raise ValueError(
+                f"The {self.name} task's {split} data has columns {raw.column_names}, not {missing} (from {data!r}); "
+                "use the dataset's own schema."
+            ) from None
         if self.keep is not None:
             prepared = prepared.filter(self.keep)
         if limit is not None:

@@ -28,7 +28,7 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from ..modeling import attends_bidirectionally, resolve_mask_token_id, unwrap_model
+from ..modeling import attends_bidirectionally, mask_token_problems, resolve_mask_token_id, unwrap_model
 from ..models import resolve_checkpoint
 from ..sampler import completion_mask_from_ids, diffusion_generate
 from ..seeding import make_generator
@@ -105,6 +105,16 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                     f"{type(unwrap_model(model)).__name__} does not support gradient checkpointing; "
                     f"pass gradient_checkpointing=False in {type(args).__name__}."
                 )
+        if train_dataset is not None and hasattr(train_dataset, "__len__"):
+            # TRL's sampler yields only whole rollout batches of distinct prompts: fewer prompts would train 0 steps.
+            needed = args.generation_batch_size // args.num_generations
+            if len(train_dataset) < needed:
+                raise ValueError(
+                    f"The training data has {len(train_dataset)} prompts; one rollout batch takes {needed} distinct "
+                    f"prompts (per_device_train_batch_size x processes x steps_per_generation / num_generations = "
+                    f"{args.generation_batch_size} / {args.num_generations}). Add prompts or lower "
+                    "per_device_train_batch_size."
+                )
         super().__init__(
             model,
             reward_funcs,
@@ -134,22 +144,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 "loads it as a bidirectional Llama), or build the model with `is_causal=False` in its config "
                 "(e.g. LlamaConfig(is_causal=False, ...))."
             )
-        vocab_size = model.config.get_text_config().vocab_size
-        mask = self.mask_token_id
-        if not 0 <= mask < vocab_size:
-            raise ValueError(
-                f"mask_token_id={mask} is outside the model's vocabulary (ids 0 to {vocab_size - 1}); set "
-                f"`mask_token_id` in {type(self.args).__name__} to the model's [MASK] id (126336 for LLaDA, 151666 for "
-                "Dream)."
-            )
-        clash = "the pad token" if mask == self._tokenizer.pad_token_id else None
-        if mask in self.eos_token_ids:
-            clash = "an EOS token"
-        if clash is not None:
-            raise ValueError(
-                f"mask_token_id={mask} is also {clash}: masked positions and real tokens would be indistinguishable. "
-                f"Set `mask_token_id` in {type(self.args).__name__} to the model's dedicated [MASK] id."
-            )
+        problems = mask_token_problems(
+            model, self._tokenizer, self.mask_token_id, f"{type(self.args).__name__}.mask_token_id"
+        )
+        if problems:
+            raise ValueError(problems[0])
 
     # ----------------------------------------------------------------------------------------------------------
     # Randomness: one reproducible stream per (purpose, micro-step, process); the global RNG is never reseeded.

@@ -194,11 +194,6 @@ def test_cli_fast_decoding_flags_reach_diffusion_generate(saved_tiny_model, tmp_
     assert [r["completion"] for r in refreshed["records"]] == [r["completion"] for r in exact["records"]]
 
 
-def test_cli_rejects_invalid_fast_decoding_before_loading_a_model():
-    with pytest.raises(SystemExit, match="cache_refresh_every needs kv_cache"):
-        evaluate_cli(["--model_name_or_path", "no/such-model", "--cache_refresh_every", "2"])
-
-
 def test_callback_decodes_as_the_trainers_rollouts_greedily(tmp_path):
     from types import SimpleNamespace
 

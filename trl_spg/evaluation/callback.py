@@ -78,6 +78,7 @@ class TaskEvaluationCallback(TrainerCallback):
                 self.decoding,
                 batch_size=self.batch_size,
                 mask_token_id=getattr(trainer, "mask_token_id", None),
+                progress=True,
             )
         result = {"step": step, **summarize(records, self.task.cluster_key)}
         self.history.append(result)

@@ -65,6 +65,7 @@ def generate_and_score(
             total=len(prompts),
             desc=f"{task.name} (gen_length {decoding.gen_length})",
             unit="problem",
+            leave=False,
             disable=not (progress and state.is_main_process),
         )
         with bar:

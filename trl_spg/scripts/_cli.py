@@ -8,6 +8,7 @@ exceptions are bugs and keep their traceback. Success is status 0; Ctrl-C is 130
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -58,6 +59,21 @@ def user_message(error: BaseException) -> str:
     if _is_hub_error(error):
         return f"{text} {_HUB_HINT}"
     return text
+
+
+@contextlib.contextmanager
+def naming_hub_errors(flag: str, value: str | None):
+    """Hub errors inside name the flag that caused them: ``flag`` (the model), or ``--push_to_hub`` for uploads."""
+    try:
+        yield
+    except (ValueError, OSError, ImportError) as error:
+        if not _is_hub_error(error):
+            raise
+        text = str(error)
+        culprit = (
+            "--push_to_hub" if any(s in text for s in ("repos/create", "upload", "/preupload/")) else f"{flag} {value}"
+        )
+        raise ValueError(f"{culprit}: {user_message(error)}") from error
 
 
 def _is_hub_error(error: BaseException) -> bool:

@@ -196,11 +196,13 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         from ..models import load_model_and_tokenizer
 
-        model, tokenizer = load_model_and_tokenizer(args.model_name_or_path, dtype=args.dtype)
+        with _cli.naming_hub_errors("--model_name_or_path", args.model_name_or_path):
+            model, tokenizer = load_model_and_tokenizer(args.model_name_or_path, dtype=args.dtype)
     if args.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, args.adapter)
+        with _cli.naming_hub_errors("--adapter", args.adapter):
+            model = PeftModel.from_pretrained(model, args.adapter)
     model = model.to(state.device).eval()
     check_model(args, model, tokenizer, dataset)
     result = evaluate_task(

@@ -373,13 +373,14 @@ def train(script_args, training_args, model_args, dataset_args):
     if not reward_funcs:
         raise ValueError("Give --task or at least one of --reward_funcs / --reward_model_name_or_path.")
 
-    trainer = trainer_class(
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        **trainer_model_arguments(model_args, training_args, script_args),
-    )
+    with _cli.naming_hub_errors("--model_name_or_path", model_args.model_name_or_path):
+        trainer = trainer_class(
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            **trainer_model_arguments(model_args, training_args, script_args),
+        )
     evaluation = None
     if task is not None and (script_args.eval_every > 0 or script_args.eval_before_after):
         evaluation = _task_evaluation(trainer, task, script_args)
@@ -402,7 +403,8 @@ def train(script_args, training_args, model_args, dataset_args):
                 json.dump(results, handle, indent=2)
             print(summary_line(task, results))
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=dataset_name)
+        with _cli.naming_hub_errors("--hub_model_id", training_args.hub_model_id):
+            trainer.push_to_hub(dataset_name=dataset_name)
     trainer.end()  # finish trackers, destroy the process group
     return trainer
 

@@ -198,7 +198,16 @@ def test_tiny_run_saves_checkpoints_and_resumes_with_its_first_evaluation(tmp_pa
     monkeypatch.setattr(tiny_sudoku, "TinySudokuSpec", toy_spec)
     monkeypatch.setenv("TRL_SPG_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    args = ["--model_name_or_path", "tiny", "--task", "sudoku", "--output_dir", str(out), "--tiny_warm_start_steps", "2"]
+    args = [
+        "--model_name_or_path",
+        "tiny",
+        "--task",
+        "sudoku",
+        "--output_dir",
+        str(out),
+        "--tiny_warm_start_steps",
+        "2",
+    ]
     args += ["--per_device_train_batch_size", "8", "--num_generations", "4", "--eval_limit", "8", "--save_steps", "1"]
     args += ["--bf16", "false", "--use_cpu", "true"]
     main([*args, "--max_steps", "2"])

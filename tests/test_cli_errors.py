@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -179,22 +180,18 @@ def test_installed_commands_exit_0_on_success_and_2_on_error(command, tiny_folde
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     model = str(tiny_folder / "tiny")
     if command == "trl-spg":
-        good = [
-            model,
-            "--dataset_name",
-            str(tiny_folder / "data"),
-            "--reward_funcs",
-            "think_format_reward",
-            *CPU,
-            *SMALL,
-        ]
-        good = ["--model_name_or_path", *good, "--output_dir", str(tmp_path / "out")]
+        good = ["--model_name_or_path", model, "--dataset_name", str(tiny_folder / "data"), "--reward_funcs",
+                "cli_rewards.digit_count", *CPU, *SMALL, "--output_dir", str(tmp_path / "out")]  # fmt: skip
     else:
         good = ["--model_name_or_path", model, "--task", "countdown", "--prompt_style", "compact", "--limit", "2",
                 "--gen_lengths", "8", "--output_dir", str(tmp_path / "eval")]  # fmt: skip
     for argv, status in [(good, 0), (["--model_name_or_path", "/nonexistent", *good[2:]], 2)]:
-        completed = subprocess.run([executable, *argv], env=env, capture_output=True, text=True, timeout=300)
+        completed = subprocess.run(
+            [executable, *argv], env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent
+        )
         assert completed.returncode == status, completed.stderr[-2000:]
     module = "trl_spg.scripts.spg" if command == "trl-spg" else "trl_spg.scripts.evaluate"
-    completed = subprocess.run([sys.executable, "-m", module, *good], env=env, capture_output=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-m", module, *good], env=env, capture_output=True, timeout=300, cwd=Path(__file__).parent
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]

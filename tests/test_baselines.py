@@ -331,3 +331,41 @@ def test_baseline_model_cards_name_their_method(method, paper, tags):
     assert card.data.tags == ["trl", *tags, "diffusion-lm"]
     assert paper in text and f"trl_spg.{method.config_class}" in text and method.name in text
     assert "2510.09541" not in text and "Sandwiched" not in text
+
+
+def test_d1_loss_is_d1s_clipped_ratio_plus_the_plain_k3_kl(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset):
+    """Inner iteration 1 of 2, beta 0.04, epsilon 0.5, bnpo: the loss d1's formulas give, with the KL term not
+    multiplied by the importance ratio (TRL's `use_bias_correction_kl`, off by default here as in d1's code)."""
+    args = make_args(tmp_path, config_class=DiffuGRPOConfig, num_iterations=2)
+    assert (args.beta, args.epsilon, args.use_bias_correction_kl, args.loss_type) == (0.04, 0.5, False, "bnpo")
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # the reference: no adapter
+    trainer = DiffuGRPOTrainer(
+        tiny_model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer,
+        peft_config=lora,
+    )  # fmt: skip
+    model, inputs = trainer.model.train(), fixed_inputs(num_draws=2)
+    gen = torch.Generator().manual_seed(5)
+    shape = (4, 2, 8)
+    inputs["old_per_token_logps"] = -torch.rand(shape, generator=gen) - 1.0
+    inputs["ref_per_token_logps"] = -torch.rand(shape, generator=gen) - 1.0
+    trainer._step, trainer.current_gradient_accumulation_steps = 1, 1  # the second inner iteration
+    loss = trainer._compute_loss(model, dict(inputs)).item()
+
+    with torch.no_grad():
+        logps = direct_one_step(
+            model,
+            inputs["prompt_ids"],
+            inputs["prompt_mask"],
+            inputs["completion_ids"],
+            inputs[MASKS_KEY][:, 1],
+            trainer.mask_token_id,
+        )[0]
+    old, ref = inputs["old_per_token_logps"][:, 1], inputs["ref_per_token_logps"][:, 1]
+    advantages, mask = inputs["advantages"][:, None], inputs["completion_mask"]
+    ratio = torch.exp(logps - old)
+    surrogate = torch.min(ratio * advantages, ratio.clamp(0.5, 1.5) * advantages)
+    kl = torch.exp(ref - logps) - (ref - logps) - 1
+    expected = ((-surrogate + 0.04 * kl) * mask).sum() / mask.sum()
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    with_ratio = ((-surrogate + 0.04 * kl * ratio) * mask).sum() / mask.sum()
+    assert abs(with_ratio.item() - expected.item()) > 1e-4  # the two conventions differ on these inputs

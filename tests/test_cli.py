@@ -96,24 +96,26 @@ def test_accelerate_configs_load(name, kind):
         assert config.fsdp_config["fsdp_version"] == 2
 
 
+@pytest.mark.parametrize("algorithm", ["spg", "d1", "wd1"])
 @pytest.mark.parametrize("name", ["gsm8k", "math500", "countdown", "sudoku"])
-def test_paper_recipes_parse_and_carry_the_task_settings(name, tmp_path):
-    from trl_spg.scripts.spg import make_parser
+def test_paper_recipes_parse_and_carry_the_task_settings(name, algorithm):
+    from trl_spg import DiffuGRPOConfig, SPGConfig, WD1Config
+    from trl_spg.scripts.spg import parse_args
     from trl_spg.tasks import get_task
 
-    recipe = Path(__file__).parent.parent / "examples" / "configs" / f"{name}_llada.yaml"
-    argv = ["--config", str(recipe), "--output_dir", str(tmp_path), "--bf16", "false"]  # bf16 needs a GPU here
-    script_args, training_args, model_args, _ = make_parser().parse_args_and_config(args=argv)
+    suffix = "" if algorithm == "spg" else f"_{algorithm}"
+    recipe = Path(__file__).parent.parent / "examples" / "configs" / f"{name}_llada{suffix}.yaml"
+    argv = ["--config", str(recipe), "--bf16", "false"]  # bf16 needs a GPU here
+    script_args, training_args, model_args, _ = parse_args(argv)
     task = get_task(script_args.task)
     assert task.name == name and model_args.model_name_or_path == "GSAI-ML/LLaDA-8B-Instruct"
-    assert training_args.num_generations == 6 and training_args.num_iterations == 4
+    assert script_args.algorithm == algorithm and training_args.num_generations == 6
     assert training_args.learning_rate == 3e-6 and training_args.max_grad_norm == 0.2
     assert (training_args.max_completion_length, training_args.block_length, training_args.diffusion_steps) == (
         256,
         32,
         128,
     )
-    assert training_args.negative_bound == "mix" and training_args.num_mc_masks == 2
     assert model_args.use_peft and model_args.load_in_4bit and (model_args.lora_r, model_args.lora_alpha) == (128, 64)
     assert set(model_args.lora_target_modules) == {
         "q_proj",
@@ -126,6 +128,18 @@ def test_paper_recipes_parse_and_carry_the_task_settings(name, tmp_path):
     }
     if script_args.prompt_style is not None:
         assert script_args.prompt_style in task.prompts
+    # Each method's published settings (d1 as SPG's reference d1 runs; wd1 as its own scripts).
+    if algorithm == "spg":
+        assert isinstance(training_args, SPGConfig) and training_args.num_iterations == 4
+        assert training_args.negative_bound == "mix" and training_args.num_mc_masks == 2
+    elif algorithm == "d1":
+        assert isinstance(training_args, DiffuGRPOConfig) and training_args.num_iterations == 4
+        assert (training_args.epsilon, training_args.beta, training_args.p_mask_prompt) == (0.5, 0.04, 0.15)
+        assert not training_args.use_bias_correction_kl
+    else:
+        assert isinstance(training_args, WD1Config) and training_args.psi == 1.0
+        assert training_args.num_iterations == (8 if name == "sudoku" else 12) and training_args.p_mask_prompt == 0.15
+    assert training_args.output_dir == f"outputs/{name}-llada-{algorithm}"
 
 
 def test_task_flag_gives_data_prompts_and_rewards(tiny_folder):

@@ -22,14 +22,21 @@ class DiffuGRPOConfig(DiffusionGRPOConfig):
         > Defaults that differ from `GRPOConfig` (beside those of `DiffusionGRPOConfig`)
 
         beta: `0.04` (KL to the reference model; d1's value, also in the SPG reference's d1 runs).
-        epsilon: `0.5` (clipping range of the SPG reference's d1 runs; d1's paper uses TRL's 0.2).
+        use_bias_correction_kl: `False` (d1 adds the plain k3 estimate of the KL; TRL's default multiplies it by the
+        importance ratio).
+        epsilon: `0.5` (clipping range of the SPG reference's d1 runs; d1's paper writes 0.2).
         loss_type: `"bnpo"` (per-token loss averaged over the micro-batch's completion tokens, as the d1 code that the
         SPG reference runs computes it; `"grpo"` averages per sequence first, as d1's paper writes the objective).
     """
 
     # GRPOConfig fields whose defaults follow d1 as run by the SPG paper's reference code.
     beta: float = field(default=0.04, metadata={"help": "KL coefficient (d1: 0.04)."})
-    epsilon: float = field(default=0.5, metadata={"help": "Clipping range (SPG reference d1 runs: 0.5; d1: 0.2)."})
+    use_bias_correction_kl: bool = field(
+        default=False, metadata={"help": "Multiply the KL term by the importance ratio (d1: no, the plain k3 KL)."}
+    )
+    epsilon: float = field(
+        default=0.5, metadata={"help": "Clipping range (SPG reference d1 runs: 0.5; d1's paper: 0.2)."}
+    )
     loss_type: str = field(
         default="bnpo", metadata={"help": "GRPO loss normalisation; 'bnpo' = token mean over the micro-batch."}
     )

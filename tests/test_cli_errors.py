@@ -195,3 +195,19 @@ def test_installed_commands_exit_0_on_success_and_2_on_error(command, tiny_folde
         [sys.executable, "-m", module, *good], env=env, capture_output=True, timeout=300, cwd=Path(__file__).parent
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_interrupt_and_bug_statuses(capsys, monkeypatch):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    def buggy(argv):
+        raise RuntimeError("a bug")
+
+    assert _cli.run(interrupted, "trl-spg", []) == 130
+    assert "resumes with --resume_from_checkpoint last" in capsys.readouterr().err
+    with pytest.raises(RuntimeError):  # not a user error: the traceback stays
+        _cli.run(buggy, "trl-spg", [])
+    monkeypatch.setenv(_cli.DEBUG_ENV, "1")
+    with pytest.raises(ValueError):  # --debug / TRL_SPG_DEBUG=1: user errors show their traceback too
+        _cli.run(lambda argv: _cli.check(False, "bad"), "trl-spg", [])

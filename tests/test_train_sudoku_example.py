@@ -38,7 +38,7 @@ def test_example_runs_two_steps_and_writes_artefacts(tmp_path):
     # The first 8 held-out puzzles, made round-robin from 8 distinct test grids, 8 empty cells each.
     before = results["before"]
     assert (before["problems"], before["clusters"], before["total"]) == (8, 8, 64)
-    assert "Held-out Sudoku accuracy (8 problems in 8 clusters" in completed.stdout
+    assert "Held-out Sudoku accuracy (8 problems in 8 solution clusters" in completed.stdout
     assert (out / "reward_curve.png").stat().st_size > 0
     assert (out / "README.md").exists() and (out / "model.safetensors").exists()
     # The warm start is cached: a second build loads it instead of training.

@@ -460,25 +460,19 @@ def before_after_results(evaluation, eval_every: int) -> dict:
 
 
 def summary_line(task, results: dict) -> str:
-    """Both evaluations, the paired difference and their standard errors (by problem / by cluster) in one line."""
-    before, after = results["before"], results["after"]
-    clustered = "paired_stderr_clustered" in results
-
-    def stderr(entry, paired=False):
-        by_problem = results["paired_stderr"] if paired else entry["stderr"]
-        if not clustered:
-            return f"{by_problem:.4f}"
-        return f"{by_problem:.4f} / {results['paired_stderr_clustered'] if paired else entry['stderr_clustered']:.4f}"
-
-    units = f"{before['problems']} problems"
-    if clustered:
-        units += f" in {before['clusters']} clusters ({task.cluster_key})"
-    ratio = results.get("paired_stderr_clustered", results["paired_stderr"])
+    """Both evaluations and the paired difference in one line, with the standard errors the gain is judged by
+    (clustered where the task has clusters: Sudoku's solution grids)."""
+    before, after, difference = results["before"], results["after"], results["difference"]
+    key = "stderr_clustered" if "paired_stderr_clustered" in results else "stderr"
+    paired = results[f"paired_{key}"]
+    units = f"{before['problems']} problems" + (
+        f" in {before['clusters']} {task.cluster_key} clusters" if key != "stderr" else ""
+    )
     return (
-        f"Held-out {task.title} accuracy ({units}; +- standard error by problem{' / by cluster' if clustered else ''}): "
-        f"before {before['accuracy']:.4f} +- {stderr(before)}, after {after['accuracy']:.4f} +- {stderr(after)}, "
-        f"difference {results['difference']:+.4f} +- {stderr(None, paired=True)} (paired)"
-        + (f", {results['difference'] / ratio:.1f} standard errors" if ratio else "")
+        f"Held-out {task.title} accuracy ({units}; +- {'clustered ' if key != 'stderr' else ''}standard error): "
+        f"before {before['accuracy']:.4f} +- {before[key]:.4f}, after {after['accuracy']:.4f} +- {after[key]:.4f}, "
+        f"difference {difference:+.4f} +- {paired:.4f} (paired)"
+        + (f", {difference / paired:.1f} standard errors" if paired else "")
     )
 
 

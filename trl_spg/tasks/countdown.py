@@ -1,11 +1,11 @@
 """Countdown: combine the given numbers with + - * / into an expression equal to a target.
 
 Data: RL on ``Jiayi-Pan/Countdown-Tasks-3to4`` (train split, columns ``target`` and ``nums``), keeping its
-three-number problems as the paper does. The paper evaluates on 256 three-number problems; they are not on the
-Hub, so the built-in test split is 256 procedurally generated problems (`generate_problems`): three numbers in
-1..100 and a target in 1..100 reached by a known expression, seeded, and disjoint from the built-in training
-problems. A local copy of other problems loads with ``data=`` (columns ``target``/``nums``, or ``input`` = ``"a,b,c"``
-and ``output`` = target).
+three-number problems as the paper does. The test split is the paper's: its 256 three-number problems
+(``countdown_cd3_test.jsonl`` of the SPG code, shipped in `trl_spg.tasks.data`; ``data="paper"``, the default).
+``data="builtin"`` gives procedural splits instead (`generate_problems`): three numbers in 1..100 and a target in
+1..100 reached by a known expression, seeded; 20,000 training and 256 test problems, disjoint. A local copy of other
+problems loads with ``data=`` (columns ``target``/``nums``, or ``input`` = ``"a,b,c"`` and ``output`` = target).
 
 Reward (`countdown_reward`): 1.0 when the expression in the last ``<answer>...</answer>`` uses each given number
 exactly once and evaluates to the target (|difference| < 1e-5); 0.1 when it is a valid expression that is wrong or
@@ -33,7 +33,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from .base import HubSource, Task, completion_text
+from .base import HubSource, completion_text
+from .data import PAPER, PaperDataTask
 from .formats import REASONING_FORMAT_PROMPT, chat_prompt, last_boxed, last_tagged_answer
 
 __all__ = [
@@ -266,13 +267,14 @@ def compact_prompt(example: dict) -> str:
     return " ".join(map(str, example["nums"])) + f" -> {example['target']}:"
 
 
-TASK = Task(
+TASK = PaperDataTask(
     name="countdown",
     title="Countdown",
-    description="reach a target with + - * / over three numbers (Jiayi-Pan/Countdown-Tasks-3to4; built-in test)",
+    description="reach a target with + - * / over three numbers (Jiayi-Pan/Countdown-Tasks-3to4; the paper's test)",
     hub={"train": HubSource("Jiayi-Pan/Countdown-Tasks-3to4", None, "train")},
+    paper={"test": "countdown_cd3_test.jsonl"},
     builtin=builtin_rows,
-    default_data={"train": "hub", "test": "builtin"},
+    default_data={"train": "hub", "test": PAPER},
     prepare=prepare,
     keep=lambda example: len(example["nums"]) == 3,
     prompts={"train": train_prompt, "eval": eval_prompt, "compact": compact_prompt},

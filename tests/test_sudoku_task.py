@@ -194,7 +194,7 @@ def test_compact_dataset_and_completion(split):
 
 def test_instruct_dataset_zero_shot(split):
     _, test = split
-    ds = get_task("sudoku").dataset("test", prompt_style="instruct", few_shot=0, limit=3)
+    ds = get_task("sudoku").dataset("test", prompt_style="instruct", data="builtin", few_shot=0, limit=3)
     prompt = ds[0]["prompt"]
     assert isinstance(prompt, list) and len(prompt) == 1 and prompt[0]["role"] == "user"
     content = prompt[0]["content"]
@@ -210,7 +210,7 @@ def test_instruct_dataset_few_shot_uses_training_examples_only(split):
     assert len({ex["solution"] for ex in examples}) == 3
     test_solutions = {row["solution"] for row in test}
     assert not {ex["solution"] for ex in examples} & test_solutions
-    ds = get_task("sudoku").dataset("test", prompt_style="instruct", few_shot=3)
+    ds = get_task("sudoku").dataset("test", prompt_style="instruct", data="builtin", few_shot=3)
     assert ds["puzzle"] == [row["puzzle"] for row in sudoku_split(num_test_puzzles=1024)[1]]
     assert ds[0]["prompt"] == instruct_prompt(ds[0]["puzzle"], examples)
     for content in (ds[i]["prompt"][0]["content"] for i in (0, len(ds) - 1)):

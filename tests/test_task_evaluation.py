@@ -71,16 +71,28 @@ def test_each_task_end_to_end_with_paper_prompts(name, tiny_model, tiny_tokenize
     assert [(r["correct"], r["total"]) for r in records] == scores
     assert entry["correct"] == sum(c for c, _ in scores) and entry["total"] == sum(t for _, t in scores)
     assert entry["accuracy"] == sum(c for c, _ in scores) / sum(t for _, t in scores)
+    # The paper's grader reads the whole generation with its special tokens, as the reference decodes it.
+    paper = [task.score(r["raw_completion"], r, grader="paper") for r in records]
+    assert [(r["paper_correct"], r["paper_total"], r["paper_prediction"]) for r in records] == [
+        (p["correct"], p["total"], p["prediction"]) for p in paper
+    ]
+    assert entry["paper_accuracy"] == sum(p["correct"] for p in paper) / sum(p["total"] for p in paper)
+    assert all(r["raw_completion"].startswith(r["completion"]) for r in records)
     assert (tmp_path / f"{name}_table.md").read_text().startswith(f"| Model | {task.title} 8 |")
 
 
+RAW_TAIL = "<|eot_id|>" + "<|endoftext|>" * 4
+
+
 def canned(answers):
-    """A stand-in for greedy decoding: prompt i of each call gets answers[i] (calls' settings are recorded)."""
+    """A stand-in for greedy decoding: prompt i of each call gets answers[i] (calls' settings are recorded); the
+    raw generation, for the paper's grader, is the answer followed by EOS and padding tokens."""
     calls = []
 
-    def generate(model, tokenizer, prompts, decoding, **kwargs):
+    def generate(model, tokenizer, prompts, decoding, raw=False, **kwargs):
         calls.append(decoding)
-        return [answers[i % len(answers)] for i in range(len(prompts))]
+        texts = [answers[i % len(answers)] for i in range(len(prompts))]
+        return (texts, [text + RAW_TAIL for text in texts]) if raw else texts
 
     return generate, calls
 
@@ -99,12 +111,18 @@ def test_accuracy_and_stderr_of_known_completions(monkeypatch, tiny_model, tiny_
     for entry in result["results"]:
         assert entry["accuracy"] == 0.75 and entry["problems"] == 4
         assert entry["stderr"] == pytest.approx(math.sqrt(0.75 * 0.25 / 3))
+        # The paper's parser reads "1,300." as its last number, 300: 2 of 4.
+        assert (entry["paper_correct"], entry["paper_total"], entry["paper_accuracy"]) == (2.0, 4.0, 0.5)
+        assert entry["paper_stderr"] == pytest.approx(math.sqrt(0.5 * 0.5 / 3))
     records = read_jsonl(tmp_path / "gsm8k_generations.jsonl")
     assert [r["prediction"] for r in records[:4]] == [22.0, 180.0, 1300.0, 8.0]
+    assert [r["paper_prediction"] for r in records[:4]] == [22.0, 180.0, 300.0, 8.0]
+    assert [r["raw_completion"] for r in records[:4]] == [answer + RAW_TAIL for answer in answers]
     assert [r["gen_length"] for r in records] == [128] * 4 + [256] * 4
     table = (tmp_path / "gsm8k_table.md").read_text()
     assert table == (
-        "| Model | GSM8K 128 | GSM8K 256 |\n|---|---|---|\n| model | 75.0 ± 25.0 (n=4) | 75.0 ± 25.0 (n=4) |\n"
+        "| Model | GSM8K 128 | GSM8K 256 |\n|---|---|---|\n"
+        "| model | 50.0 ± 28.9 (strict 75.0) (n=4) | 50.0 ± 28.9 (strict 75.0) (n=4) |\n"
     )
 
 
@@ -119,6 +137,9 @@ def test_sudoku_keeps_the_cell_level_ratio_and_its_stderr(monkeypatch, tiny_mode
     total = [r["total"] for r in result["records"]]
     assert entry["accuracy"] == sum(correct) / sum(total) == (8 + 2) / (8 + 8 + 8)
     assert entry["stderr"] == pytest.approx(expected_stderr(correct, total))
+    paper_correct = [r["paper_correct"] for r in result["records"]]
+    assert paper_correct == correct and entry["paper_accuracy"] == entry["accuracy"]
+    assert entry["paper_stderr_clustered"] == entry["stderr_clustered"]
     # Puzzles made from one solution grid are correlated: the clustered standard error sums them first.
     assert entry["clusters"] == len({r["solution"] for r in result["records"]})
 
@@ -130,17 +151,23 @@ def test_ratio_stderr_reduces_to_the_binomial_formula():
 
 
 def test_markdown_table_merges_tasks_and_models():
-    def summary(model, title, lengths):
+    def summary(model, title, lengths, paper=True):
         results = [{"gen_length": g, "accuracy": 0.5, "stderr": 0.01, "problems": 256} for g in lengths]
+        if paper:  # the paper grader's accuracy heads the cell, the strict one beside it
+            results = [{**r, "paper_accuracy": 0.48, "paper_stderr": 0.011} for r in results]
         return {"model": model, "title": title, "results": results}
 
     table = markdown_table(
-        [summary("base", "GSM8K", [256, 128]), summary("base", "Sudoku", [128]), summary("spg", "GSM8K", [128])]
+        [
+            summary("base", "GSM8K", [256, 128]),
+            summary("base", "Sudoku", [128]),
+            summary("spg", "GSM8K", [128], paper=False),  # e.g. a summary saved before the paper grader
+        ]
     )
     assert table.splitlines() == [
         "| Model | GSM8K 128 | GSM8K 256 | Sudoku 128 |",
         "|---|---|---|---|",
-        "| base | 50.0 ± 1.0 (n=256) | 50.0 ± 1.0 (n=256) | 50.0 ± 1.0 (n=256) |",
+        "| base | 48.0 ± 1.1 (strict 50.0) (n=256) | 48.0 ± 1.1 (strict 50.0) (n=256) | 48.0 ± 1.1 (strict 50.0) (n=256) |",
         "| spg | 50.0 ± 1.0 (n=256) |  |  |",
     ]
 
@@ -263,6 +290,10 @@ def test_callback_logs_task_accuracy_during_spg_training(tmp_path, tiny_model, t
     logged = [entry for entry in trainer.state.log_history if "eval_task/countdown/accuracy" in entry]
     assert [entry["step"] for entry in logged] == [0, 1]
     assert [entry["eval_task/countdown/accuracy"] for entry in logged] == [h["accuracy"] for h in callback.history]
+    paper = [entry["eval_task/countdown/paper_accuracy"] for entry in logged]
+    assert paper == [h["paper_accuracy"] for h in callback.history]
+    saved = json.loads(Path(callback._path()).read_text())
+    assert set(saved["records"]["1"][0]) == {"correct", "total", "paper_correct", "paper_total"}
     assert all(h["problems"] == 2 for h in callback.history)
     # The trainer's own running metrics are still logged at every logging step.
     steps_logged = [e["step"] for e in trainer.state.log_history if "reward" in e and "train_runtime" not in e]

@@ -12,6 +12,7 @@ from trl_spg.tasks import get_task
 from trl_spg.tasks.countdown import countdown_reward, evaluate_expression
 from trl_spg.tasks.formats import last_boxed, xml_count
 from trl_spg.tasks.math500 import correctness_reward, equivalent, format_reward
+from trl_spg.tasks.paper_grader import paper_equivalent
 
 # --- GSM8K: (completion, [xml count, soft format, strict format, integer, correctness]) with gold "42" ----------------
 
@@ -286,6 +287,7 @@ EQUIVALENCE_CASES = [
 @pytest.mark.parametrize(("gold", "prediction", "expected", "reference"), EQUIVALENCE_CASES)
 def test_math_equivalence(gold, prediction, expected, reference):
     assert equivalent(prediction, gold) is expected
+    assert paper_equivalent(prediction, gold) is reference  # the paper grader's normaliser
 
 
 def test_math_equivalence_of_missing_or_malformed_answers():

@@ -32,7 +32,7 @@ def test_registry_names_aliases_and_errors():
         assert isinstance(task, Task) and task.name == name
         assert task.train_prompt in task.prompts and task.eval_prompt in task.prompts
         assert task.gen_lengths == (128, 256, 512)
-        assert task.reward_funcs and callable(task.score)
+        assert task.reward_funcs and callable(task.strict_score) and callable(task.paper_score)
 
 
 def test_register_task_refuses_to_shadow_and_accepts_new_names():
@@ -149,23 +149,24 @@ def test_countdown_generator_is_seeded_solvable_and_disjoint():
     assert not {key(r) for r in generate_problems(1000, "train", seed=7)} & {key(r) for r in test}
 
 
-def test_countdown_builtin_test_split_is_the_default_and_has_256_problems():
+def test_countdown_builtin_test_split_has_256_problems():
     task = get_task("countdown")
-    test = task.examples("test")
+    test = task.examples("test", "builtin")  # the default is the paper's file (tests/test_paper_test_sets.py)
     assert len(test) == 256
     assert test[:3] == task.examples("test", "procedural")[:3]
+    assert test["nums"][:3] == [row["nums"] for row in generate_problems(3, "test")]
 
 
 # --- Sudoku -------------------------------------------------------------------------------------------------------
 
 
-def test_sudoku_csv_keeps_leading_zeros_and_builtin_split_is_default():
+def test_sudoku_csv_keeps_leading_zeros_and_builtin_split_trains():
     task = get_task("sudoku")
     rows = task.examples("test", FIXTURES / "sudoku.csv")
     assert rows["puzzle"] == ["0204301001034020", "0310013402003400", "2000040202044301"]
     assert rows["solution"][0] == "1234341221434321"
     builtin_train, builtin_test = sudoku_split(num_test_puzzles=1024)
-    assert task.examples("test")["puzzle"] == [row["puzzle"] for row in builtin_test]
+    assert task.examples("test", "builtin")["puzzle"] == [row["puzzle"] for row in builtin_test]
     assert task.examples("train")["puzzle"] == [row["puzzle"] for row in builtin_train]
 
 

@@ -13,14 +13,14 @@ from trl.models.utils import unwrap_model_for_generation
 
 from ..decoding import DecodingConfig
 from ..tasks import Task, get_task
-from .evaluate import generate_and_score
-from .stats import summarize
+from .evaluate import generate_and_score, summarize_graders
 
 logger = logging.getLogger(__name__)
 
 
 class TaskEvaluationCallback(TrainerCallback):
-    """Evaluate a task during training and log ``eval_task/<task>/accuracy`` and ``.../stderr``.
+    """Evaluate a task during training and log ``eval_task/<task>/accuracy`` and ``.../stderr`` (the strict grader),
+    and ``.../paper_accuracy`` and ``.../paper_stderr`` (the paper's reference evaluation, for tasks with one).
 
     Takes the trainer, like TRL's own completion-logging callback:
 
@@ -80,18 +80,20 @@ class TaskEvaluationCallback(TrainerCallback):
                 mask_token_id=getattr(trainer, "mask_token_id", None),
                 progress=True,
             )
-        result = {"step": step, **summarize(records, self.task.cluster_key)}
+        result = {"step": step, **summarize_graders(records, self.task.cluster_key)}
         self.history.append(result)
         self.records[step] = records
         self._save()
+        paper = f", paper grader {result['paper_accuracy']:.4f}" if "paper_accuracy" in result else ""
         logger.info(
-            "%s held-out accuracy at step %d: %.4f +- %.4f (%d problems)",
-            self.task.title, step, result["accuracy"], result["stderr"], result["problems"],
+            "%s held-out accuracy at step %d: %.4f +- %.4f (%d problems)%s",
+            self.task.title, step, result["accuracy"], result["stderr"], result["problems"], paper,
         )  # fmt: skip
         prefix = f"eval_task/{self.task.name}"
         # `on_log` clears `should_log`; keep it so the trainer still logs its own metrics at this step.
         should_log = trainer.control.should_log
-        Trainer.log(trainer, {f"{prefix}/accuracy": result["accuracy"], f"{prefix}/stderr": result["stderr"]})
+        keys = ("accuracy", "stderr", "paper_accuracy", "paper_stderr")
+        Trainer.log(trainer, {f"{prefix}/{key}": result[key] for key in keys if key in result})
         trainer.control.should_log = should_log
         return result
 
@@ -101,8 +103,8 @@ class TaskEvaluationCallback(TrainerCallback):
     def _save(self) -> None:
         if not self.trainer.is_world_process_zero():
             return
-        keys = ("correct", "total", *([self.task.cluster_key] if self.task.cluster_key else []))
-        records = {step: [{k: r[k] for k in keys} for r in rows] for step, rows in self.records.items()}
+        keys = ("correct", "total", "paper_correct", "paper_total", self.task.cluster_key)
+        records = {step: [{k: r[k] for k in keys if k in r} for r in rows] for step, rows in self.records.items()}
         os.makedirs(self.trainer.args.output_dir, exist_ok=True)
         with open(self._path(), "w") as handle:
             json.dump({"history": self.history, "records": records}, handle)

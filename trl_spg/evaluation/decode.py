@@ -1,4 +1,8 @@
-"""Batched diffusion decoding of prompts to completion texts (left padding, cut at the first EOS)."""
+"""Batched diffusion decoding of prompts to completion texts (left padding, cut at the first EOS).
+
+With ``raw=True`` `generate_completions` also returns each generation as the SPG paper's evaluation decodes it,
+for its grader: all ``gen_length`` tokens, special tokens kept (EOS, padding, any mask left).
+"""
 
 from __future__ import annotations
 
@@ -42,10 +46,13 @@ def generate_completions(
     batch_size: int = 64,
     generator: torch.Generator | None = None,
     progress=None,
-) -> list[str]:
+    raw: bool = False,
+) -> list[str] | tuple[list[str], list[str]]:
     """Decode ``prompts`` in left-padded batches of ``batch_size``; each completion's text up to its first EOS.
 
-    ``progress`` (a tqdm bar, optional) advances by the prompts of each batch.
+    With ``raw`` the result is ``(completions, raw_texts)``, ``raw_texts`` the whole generations decoded with their
+    special tokens (what the paper's grader reads). ``progress`` (a tqdm bar, optional) advances by the prompts of
+    each batch.
     """
     mask_id = resolve_mask_token_id(model, tokenizer, mask_token_id)
     eos_ids = resolve_eos_token_ids(model, tokenizer)
@@ -53,7 +60,7 @@ def generate_completions(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    outputs = []
+    outputs, raw_texts = [], []
     try:
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(
@@ -74,8 +81,10 @@ def generate_completions(
             keep = completion_mask_from_ids(completion_ids, eos_ids).bool()
             for ids, row in zip(completion_ids.cpu(), keep.cpu()):
                 outputs.append(tokenizer.decode(ids[row], skip_special_tokens=True))
+                if raw:
+                    raw_texts.append(tokenizer.decode(ids, skip_special_tokens=False))
             if progress is not None:
                 progress.update(len(keep))
     finally:
         model.train(was_training)
-    return outputs
+    return (outputs, raw_texts) if raw else outputs

@@ -1,10 +1,12 @@
 """The paper's evaluation protocol for any task: decode, score, summarise, report.
 
 Protocol (SPG paper, Table 1): greedy decoding (temperature 0) with low-confidence remasking, blocks of 32 tokens,
-``gen_length / 2`` denoising steps, at generation lengths 128, 256 and 512 (a `DecodingConfig` at its defaults);
-each task's own rule scores a completion (`trl_spg.tasks.base.Task.score`). Problems are decoded in left-padded
-batches; under ``accelerate launch`` every process decodes its share of the problems and the main process gathers
-the records and writes the files. Accuracy and standard errors: `trl_spg.evaluation.stats`.
+``gen_length / 2`` denoising steps, at generation lengths 128, 256 and 512 (a `DecodingConfig` at its defaults).
+Every completion gets two verdicts (`trl_spg.tasks.base.Task.score`): the task's own rule (``grader="strict"``, on
+the completion cut at its first EOS) and the paper's reference evaluation (``grader="paper"``, on the whole
+generation decoded with its special tokens, as the reference reads it; `trl_spg.tasks.paper_grader`). Problems are
+decoded in left-padded batches; under ``accelerate launch`` every process decodes its share of the problems and the
+main process gathers the records and writes the files. Accuracy and standard errors: `trl_spg.evaluation.stats`.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def generate_and_score(
 
     Each process decodes its contiguous share of the problems; the records of all processes are gathered, so every
     process returns the full list. A record holds ``index``, ``gen_length``, the rendered ``prompt``, the
-    ``completion``, the task's ``prediction`` / ``correct`` / ``total`` and the example's other columns. With
-    ``progress`` the main process shows a bar over its problems.
+    ``completion``, the task's ``prediction`` / ``correct`` / ``total`` (strict grader), the paper grader's
+    ``paper_prediction`` / ``paper_correct`` / ``paper_total`` (tasks with one), the ``raw_completion`` it read (the
+    whole generation with its special tokens) and the example's other columns. With ``progress`` the main process
+    shows a bar over its problems.
     """
     from accelerate.utils import gather_object
 
@@ -69,37 +73,59 @@ def generate_and_score(
             disable=not (progress and state.is_main_process),
         )
         with bar:
-            completions = generate_completions(
-                model, tokenizer, prompts, decoding, batch_size=batch_size, mask_token_id=mask_token_id, progress=bar
+            completions, raw_texts = generate_completions(
+                model,
+                tokenizer,
+                prompts,
+                decoding,
+                batch_size=batch_size,
+                mask_token_id=mask_token_id,
+                progress=bar,
+                raw=True,
             )
         rendered = render_prompts(tokenizer, prompts)
         records = []
-        for index, row, text, completion in zip(shard, rows, rendered, completions, strict=True):
+        for index, row, text, completion, raw_text in zip(shard, rows, rendered, completions, raw_texts, strict=True):
             example = {key: value for key, value in row.items() if key != "prompt"}
-            scored = task.score(completion, example)
-            records.append(
-                {
-                    "index": index,
-                    "gen_length": decoding.gen_length,
-                    **scored,
-                    "completion": completion,
-                    "prompt": text,
-                    **{key: value for key, value in example.items() if key not in scored},
-                }
-            )
+            record = {"index": index, "gen_length": decoding.gen_length, **task.score(completion, example)}
+            if task.paper_score is not None:
+                paper = task.score(raw_text, example, grader="paper")
+                record.update({f"paper_{key}": value for key, value in paper.items()})
+            record.update(completion=completion, raw_completion=raw_text, prompt=text)
+            records.append({**record, **{key: value for key, value in example.items() if key not in record}})
     gathered = gather_object(records) if state.num_processes > 1 else records
     return sorted(gathered, key=lambda record: record["index"])
 
 
+def summarize_graders(records: Sequence[dict], cluster_key: str | None = None) -> dict:
+    """`summarize` of the strict verdicts, plus ``paper_correct``, ``paper_total``, ``paper_accuracy``,
+    ``paper_stderr`` (and ``paper_stderr_clustered``) of the paper grader's when every record has one."""
+    summary = summarize(records, cluster_key)
+    if records and all("paper_correct" in record for record in records):
+        verdicts = [
+            {"correct": r["paper_correct"], "total": r["paper_total"], "cluster": r.get(cluster_key)} for r in records
+        ]
+        paper = summarize(verdicts, "cluster" if cluster_key else None)
+        for key in ("correct", "total", "accuracy", "stderr", "stderr_clustered"):
+            if key in paper:
+                summary[f"paper_{key}"] = paper[key]
+    return summary
+
+
 def _cell(result: dict) -> str:
-    return f"{100 * result['accuracy']:.1f} ± {100 * result['stderr']:.1f} (n={result['problems']})"
+    problems = f"(n={result['problems']})"
+    if "paper_accuracy" not in result:  # a task without a paper grader, or a summary saved before there was one
+        return f"{100 * result['accuracy']:.1f} ± {100 * result['stderr']:.1f} {problems}"
+    paper = f"{100 * result['paper_accuracy']:.1f} ± {100 * result['paper_stderr']:.1f}"
+    return f"{paper} (strict {100 * result['accuracy']:.1f}) {problems}"
 
 
 def markdown_table(summaries: Sequence[dict]) -> str:
     """Results as the paper's Table 1: one row per model, a column per (task, generation length).
 
-    Cells are accuracy ± standard error in percent and the number of problems. Summaries of several tasks (or
-    models) merge into one table; tasks keep their first-seen order.
+    Cells are the paper grader's accuracy ± standard error in percent, the strict grader's accuracy and the number
+    of problems, e.g. ``78.0 ± 1.1 (strict 78.9) (n=1319)`` (accuracy ± standard error alone for results without a
+    paper grader). Summaries of several tasks (or models) merge into one table; tasks keep their first-seen order.
     """
     columns: list[tuple[str, int]] = []
     rows: dict[str, dict[tuple[str, int], str]] = {}
@@ -159,8 +185,8 @@ def evaluate_task(
     """Evaluate ``model`` on ``task``; returns the summary (and writes the reports).
 
     ``decoding`` (default: the paper's protocol) is applied at each of ``gen_lengths`` (default: the task's): its
-    ``block_length`` and ``steps`` when set, else the default rule at that length; its fast modes depart from the protocol's exact sampler and are recorded
-    under ``fast_decoding``. ``dataset`` (a task dataset with a ``prompt`` column) overrides ``split`` / ``data`` /
+    ``block_length`` and ``steps`` when set, else the default rule at that length; its fast modes depart from the
+    protocol's exact sampler and are recorded under ``fast_decoding``. ``dataset`` (a task dataset with a ``prompt`` column) overrides ``split`` / ``data`` /
     ``prompt_style`` / ``limit``. The summary has one entry per generation length in ``results``; ``records``
     (per-problem completions and scores) is returned beside it and written to ``output_dir`` by the main process.
     """
@@ -184,7 +210,7 @@ def evaluate_task(
             progress=progress,
         )
         lengths = {key: getattr(settings, key) for key in ("gen_length", "block_length", "steps")}
-        results.append({**lengths, **summarize(scored, task.cluster_key)})
+        results.append({**lengths, **summarize_graders(scored, task.cluster_key)})
         records.extend(scored)
     summary = {
         "task": task.name,
@@ -198,6 +224,8 @@ def evaluate_task(
         "fast_decoding": decoding.fast_options(),
         "num_processes": state.num_processes,
         "stderr_method": "ratio estimator over problems (trl_spg.evaluation.stats)",
+        "graders": "accuracy/stderr: the package's strict grader; paper_accuracy/paper_stderr: the SPG paper's "
+        "reference evaluation (trl_spg.tasks.paper_grader)",
         "results": results,
     }
     if output_dir is not None and state.is_main_process:

@@ -9,7 +9,9 @@
 Greedy decoding, low-confidence remasking, blocks of 32 (or the whole generation when 32 does not divide it),
 ``gen_length / 2`` steps; `--decoding threshold --kv_cache prefix ...` decode with the opt-in fast modes (see
 `trl_spg.DecodingConfig`). Under ``accelerate launch`` the problems are split over the processes. Writes
-per-problem generations (JSONL), a summary (JSON) and a Markdown table laid out like Table 1.
+per-problem generations (JSONL, with both graders' verdicts), a summary (JSON) and a Markdown table laid out like
+Table 1: each cell is the paper grader's accuracy ± standard error (the SPG paper's reference evaluation,
+`trl_spg.tasks.paper_grader`) with the strict grader's accuracy beside it, e.g. ``78.0 ± 1.1 (strict 78.9) (n=1319)``.
 """
 
 from __future__ import annotations
@@ -223,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if state.is_main_process:
         print(markdown_table([result]), end="")
+        if any("paper_accuracy" in entry for entry in result["results"]):
+            print("Cells: the paper's grader, accuracy ± standard error (%), then the strict grader's accuracy.")
         files = result.get("files", {})
         if files:
             print(f"Per-problem generations: {files['generations']}\nSummary: {files['summary']}")

@@ -11,7 +11,11 @@ A task bundles what training and evaluation need about one benchmark:
   character-level model, ...);
 * TRL reward functions (and weights) for RL;
 * ``score``: the evaluation rule for one completion, as ``correct`` out of ``total`` (1 per problem; Sudoku counts
-  empty cells), so that every task's accuracy and standard error are computed the same way.
+  empty cells), so that every task's accuracy and standard error are computed the same way. Two graders:
+  ``"strict"`` (the default; the package's own parsing, ``strict_score``) and ``"paper"`` (the SPG paper's
+  reference evaluation reproduced item for item, quirks included, ``paper_score``; see
+  `trl_spg.tasks.paper_grader`), which reads the text as the reference decodes it: all generated tokens, special
+  tokens kept.
 
 Tasks are pure data and functions on top of ``datasets``; they import nothing from the trainer or the sampler.
 """
@@ -27,6 +31,7 @@ from typing import Any
 import datasets
 
 __all__ = [
+    "GRADERS",
     "DataArg",
     "HubSource",
     "Task",
@@ -37,6 +42,9 @@ __all__ = [
 #: Where a split's rows come from: None (the task's default), ``"hub"``, ``"builtin"`` (alias ``"procedural"``),
 #: a path to a file or folder, a ``data_files`` mapping (split -> file(s)), a ``datasets.Dataset`` or a list of dicts.
 DataArg = Any
+
+#: The graders of `Task.score`: the package's own rule and the paper's reference evaluation.
+GRADERS = ("strict", "paper")
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _BUILTIN_NAMES = ("builtin", "procedural")
@@ -135,7 +143,10 @@ class Task:
         prompts: style -> formatter ``fn(example, **options) -> prompt``.
         train_prompt / eval_prompt: the styles the paper uses for RL and for evaluation.
         reward_funcs / reward_weights: what `SPGTrainer` / `GRPOTrainer` take.
-        score: ``fn(completion_text, example) -> {"prediction", "correct", "total"}``.
+        strict_score: the package's evaluation rule, ``fn(completion_text, example) -> {"prediction", "correct",
+            "total"}`` (``score(..., grader="strict")``).
+        paper_score: the same for the paper's reference evaluation (``score(..., grader="paper")``); None when the
+            task has none.
         gen_lengths: generation lengths of the paper's evaluation (Table 1 columns).
         cluster_key: a column whose equal values mark problems with correlated results (Sudoku puzzles made from
             one solution grid), for clustered standard errors; None when problems are independent.
@@ -149,7 +160,7 @@ class Task:
     train_prompt: str
     eval_prompt: str
     reward_funcs: tuple[Callable, ...]
-    score: Callable[[str, dict], dict]
+    strict_score: Callable[[str, dict], dict]
     hub: Mapping[str, HubSource] = field(default_factory=dict)
     builtin: Callable[[str], list[dict]] | None = None
     default_data: Mapping[str, str] = field(default_factory=dict)
@@ -157,6 +168,25 @@ class Task:
     reward_weights: tuple[float, ...] | None = None
     gen_lengths: tuple[int, ...] = (128, 256, 512)
     cluster_key: str | None = None
+    paper_score: Callable[[str, dict], dict] | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Evaluation
+
+    def score(self, text: str, example: dict, grader: str = "strict") -> dict:
+        """``{"prediction", "correct", "total"}`` of one completion ``text`` for ``example`` (the task's columns).
+
+        ``grader="strict"`` (default) is the package's rule, on the completion as decoded for rewards (cut at the
+        first EOS, special tokens dropped); ``grader="paper"`` is the SPG paper's reference evaluation, on the text
+        as the reference decodes it (all generated tokens, special tokens kept).
+        """
+        if grader not in GRADERS:
+            raise ValueError(f"grader must be one of {', '.join(map(repr, GRADERS))}, got {grader!r}.")
+        if grader == "paper":
+            if self.paper_score is None:
+                raise ValueError(f"Task {self.name!r} has no paper grader; use grader='strict'.")
+            return self.paper_score(text, example)
+        return self.strict_score(text, example)
 
     # ------------------------------------------------------------------------------------------------------------
     # Data

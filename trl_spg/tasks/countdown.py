@@ -17,8 +17,10 @@ Expressions are never passed to ``eval``: `evaluate_expression` parses them with
 numbers, ``+ - * /``, parentheses and unary signs, in exact rational arithmetic; anything else (``**``, ``//``,
 names, exponents, too long or too deeply nested input, division by zero) is rejected in microseconds.
 
-Evaluation: the expression is the last ``\\boxed{}`` of the completion, else its answer tags; LaTeX operators
-(``\\times``, ``\\cdot``, ``\\div``) are read as ``*`` and ``/`` and an ``= target`` suffix is dropped.
+Evaluation (``grader="strict"``): the expression is the last ``\\boxed{}`` of the completion, else its answer tags;
+LaTeX operators (``\\times``, ``\\cdot``, ``\\div``) are read as ``*`` and ``/`` and an ``= target`` suffix is dropped.
+``grader="paper"`` is the paper's own rule (`trl_spg.tasks.paper_grader.countdown_paper_score`): without a box it
+reads the whole text, and it computes with Python's arithmetic (``**`` and ``//`` included).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 from .base import HubSource, completion_text
 from .data import PAPER, PaperDataTask
 from .formats import REASONING_FORMAT_PROMPT, chat_prompt, last_boxed, last_tagged_answer
+from .paper_grader import countdown_paper_score
 
 __all__ = [
     "TASK",
@@ -281,5 +284,6 @@ TASK = PaperDataTask(
     train_prompt="train",
     eval_prompt="eval",
     reward_funcs=(countdown_reward,),
-    score=score,
+    strict_score=score,
+    paper_score=countdown_paper_score,
 )

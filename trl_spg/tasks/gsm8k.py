@@ -8,8 +8,10 @@ Rewards (the reference's five functions, summed with equal weights, at most 3.87
 `xml_count_reward` (up to 0.5), `soft_format_reward` (0.5), `strict_format_reward` (0.5), `integer_answer_reward`
 (0.5) and `correctness_reward` (2.0, the tagged answer equal to the gold string).
 
-Evaluation: the answer is parsed from ``\\boxed{}`` first, then from the answer tags, then as the last number of
-the text, and compared numerically with the gold answer.
+Evaluation (``grader="strict"``): the answer is parsed from ``\\boxed{}`` first, then from the answer tags, then as
+the last number of the text, and compared numerically with the gold answer. ``grader="paper"`` is the paper's own
+parser (`trl_spg.tasks.paper_grader.gsm8k_paper_score`): commas are not thousands separators there and a negative
+gold answer is never matched.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .formats import (
     strict_format_reward,
     xml_count_reward,
 )
+from .paper_grader import gsm8k_paper_score
 
 __all__ = [
     "TASK",
@@ -143,5 +146,6 @@ TASK = Task(
         integer_answer_reward,
         correctness_reward,
     ),
-    score=score,
+    strict_score=score,
+    paper_score=gsm8k_paper_score,
 )

@@ -13,7 +13,9 @@ Equivalence is decided by `math-verify <https://github.com/huggingface/Math-Veri
 ``\\frac{1}{4}``, or ``2\\sqrt{2}`` and ``\\sqrt{8}``, are equal. ``docs/tasks.md`` lists where this is more
 lenient than the paper's string normaliser.
 
-Evaluation: the answer is the last ``\\boxed{}`` of the completion, else the content of its answer tags.
+Evaluation (``grader="strict"``): the answer is the last ``\\boxed{}`` of the completion, else the content of its
+answer tags. ``grader="paper"`` is the paper's own rule (`trl_spg.tasks.paper_grader.math500_paper_score`): a string
+normaliser instead of math-verify, and the whole text when there is no box.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from .base import HubSource, Task, completion_text
 from .formats import REASONING_FORMAT_PROMPT, chat_prompt, first_tagged_answer, last_boxed, last_tagged_answer
+from .paper_grader import math500_paper_score
 
 __all__ = ["TASK", "correctness_reward", "equivalent", "format_reward", "gold_answer", "parse_prediction", "score"]
 
@@ -140,5 +143,6 @@ TASK = Task(
     train_prompt="train",
     eval_prompt="eval",
     reward_funcs=(correctness_reward, format_reward),
-    score=score,
+    strict_score=score,
+    paper_score=math500_paper_score,
 )

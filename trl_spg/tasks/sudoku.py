@@ -10,22 +10,32 @@ The SPG paper evaluates on 4x4 Sudoku following d1. Everything here is built fro
 
 Grids and puzzles are 16-character strings read row by row, e.g. ``"1234341221434321"``.
 
-Data of the task (`TASK`): the built-in split of `sudoku_split` (800 training puzzles from 200 solution grids, 1024
-test puzzles from the other 88 grids; the first 256 test puzzles are those of ``sudoku_split()``), or a local CSV /
-JSON file with ``Puzzle``/``Solution`` (the paper's files) or ``puzzle``/``solution`` columns.
+Data of the task (`TASK`): training on the built-in split of `sudoku_split` (800 puzzles from 200 solution grids);
+the test split is the paper's (``data="paper"``, the default): its 256 puzzles with 7 to 12 empty cells from 88
+solution grids (``test_sudoku_split_new.csv`` of the SPG code, shipped in `trl_spg.tasks.data`). ``data="builtin"``
+gives the built-in test split instead (1024 puzzles from the other 88 grids of `sudoku_split`; the first 256 are
+those of ``sudoku_split()``). A local CSV / JSON file loads with ``data=`` (``Puzzle``/``Solution`` as in the paper's
+files, or ``puzzle``/``solution``). The two splits do not match: 61 of the paper's 88 test grids (177 of its 256
+puzzles) are training grids of the built-in split, so a model trained on the built-in split is evaluated on
+``data="builtin"`` (as the tiny demo is), not on the paper's puzzles.
 
 Prompt styles:
 
 * ``paper`` / ``paper_eval``: the paper's wording (rules, the required answer format, worked examples, then
   ``Question: Solve the following Sudoku puzzle: ...``); the evaluation variant opens the reply with
-  ``<reasoning>``. The paper shows three worked examples; ours are the first training puzzles of the built-in split
-  (solved step by step by `worked_example`), because one of the paper's three example grids is a test grid of
-  the built-in split. ``few_shot`` (0-3) sets their number.
+  ``<reasoning>``. ``few_shot`` (0-3) sets the number of worked examples, ``worked_examples`` which ones:
+  ``"paper"``, the paper's three (`reference_examples`, from grids outside its test set), or ``"builtin"``, the
+  first puzzles of the built-in training split solved step by step by `worked_example` (`paper_examples`).
+  ``paper_eval`` shows the paper's examples, as the paper's evaluation prompt does; ``paper`` (the RL prompt)
+  shows the built-in ones, because the paper's second example grid is a test grid of the built-in split, which the
+  built-in training data goes with. (The paper's RL prompt shows its three examples too.)
 * ``instruct``: `instruct_prompt` with worked examples from the training split.
 * ``compact``: the puzzle digits and ``=`` (`compact_prompt`), for the built-in tiny character-level model.
 
 Reward: `sudoku_reward` (fraction of the empty cells filled correctly). Evaluation: correct empty cells over empty
-cells, pooled over puzzles (`cell_accuracy`).
+cells, pooled over puzzles (`cell_accuracy`), the answer read from the last complete answer tags
+(``grader="strict"``); ``grader="paper"`` reads it as the paper's evaluation does
+(`trl_spg.tasks.paper_grader.sudoku_paper_score`: unclosed tags, bare 16-digit strings, ...).
 """
 
 from __future__ import annotations
@@ -36,8 +46,10 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from .base import Task, completion_text
+from .base import completion_text
+from .data import PAPER, PaperDataTask
 from .formats import chat_prompt
+from .paper_grader import sudoku_paper_score
 
 SIZE = 4  # rows / columns / digits
 BOX = 2  # side of a sub-box
@@ -59,6 +71,7 @@ __all__ = [
     "make_puzzle",
     "paper_examples",
     "parse_answer",
+    "reference_examples",
     "score",
     "solve_count",
     "sudoku_reward",
@@ -395,6 +408,11 @@ def worked_example(puzzle: str, solution: str) -> str | None:
             return None
         grid[step[0]] = step[1]
         steps.append(step[2])
+    return _worked_text(puzzle, solution, steps)
+
+
+def _worked_text(puzzle: str, solution: str, steps: Sequence[str]) -> str:
+    """A worked example in the paper's layout: question, the puzzle's rows, the steps, the final grid, the answer."""
     return (
         f"Question:\nSolve the following Sudoku puzzle: {puzzle}\nAnswer:\n<reasoning>\nInterpret puzzle as 4 rows of "
         "4:\n"
@@ -407,31 +425,90 @@ def worked_example(puzzle: str, solution: str) -> str | None:
     )
 
 
+#: The paper's three worked examples (puzzle, solution, solving steps), as its evaluation and RL prompts show them
+#: (SPG code: ``short_example_1`` to ``_3`` of eval/sudoku.py and spg/data_utils.py). Their solution grids are
+#: training grids of the paper's split, none of its 88 test grids; the second is a test grid of the built-in split.
+PAPER_WORKED_EXAMPLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "3014002020004130",
+        "3214142323414132",
+        (
+            "R1 missing 2 → R1C2=2.",
+            "R4 missing 2 → R4C4=2.",
+            "Box D (R3-4,C3-4) then needs {1,4}; column4 can only accept 1 → R3C4=1, R3C3=4.",
+            "R3 now missing 3 → R3C2=3.",
+            "Column1 missing 1 → R2C1=1.",
+            "Column2 missing 4 → R2C2=4.",
+            "Last cell R2C4=3.",
+        ),
+    ),
+    (
+        "0000100420013142",
+        "4213132424313142",
+        (
+            "Col1 missing 4 → R1C1=4.",
+            "Col4 missing 3 → R1C4=3.",
+            "Box A (R1-2,C1-2) missing {2,3} and R1 now needs {1,2} → R1C2=2, R2C2=3.",
+            "R1C3=1.",
+            "R2 now missing 2 → R2C3=2.",
+            "Col2 missing 4 → R3C2=4, then R3C3=3.",
+        ),
+    ),
+    (
+        "2001403002001420",
+        "2341413232141423",
+        (
+            "R1 missing {3,4}; Col2 can't be 1 so R1C2=3 → R1C3=4.",
+            "R4 missing 3 → R4C4=3.",
+            "Col4 missing {2,4}; R2 must take 2 → R2C4=2 → R2C2=1.",
+            "Col1 missing 3 → R3C1=3.",
+            "Col3 missing 1 → R3C3=1 → R3C4=4.",
+        ),
+    ),
+)
+
+
+@lru_cache(maxsize=1)
+def reference_examples() -> tuple[str, ...]:
+    """The paper's three worked examples (`PAPER_WORKED_EXAMPLES`), shown by ``paper_eval``."""
+    return tuple(_worked_text(*example) for example in PAPER_WORKED_EXAMPLES)
+
+
 @lru_cache(maxsize=1)
 def paper_examples() -> tuple[str, ...]:
-    """Three worked examples from the first built-in training puzzles with distinct solutions (never test grids)."""
+    """Three worked examples from the first built-in training puzzles with distinct solutions (never test grids of the
+    built-in split, nor of the paper's test set); shown by ``paper``."""
     train = _builtin_split()[0]
     return tuple(_first_distinct(train, MAX_PAPER_SHOTS, lambda row: worked_example(row["puzzle"], row["solution"])))
 
 
-def _shots(few_shot: int) -> str:
+#: Sources of the worked examples of the ``paper`` / ``paper_eval`` prompts (their ``worked_examples`` option).
+WORKED_EXAMPLES = {"paper": reference_examples, "builtin": paper_examples}
+
+
+def _shots(few_shot: int, worked_examples: str) -> str:
     if not 0 <= few_shot <= MAX_PAPER_SHOTS:
         raise ValueError(f"few_shot must be in [0, {MAX_PAPER_SHOTS}], got {few_shot}")
-    return "\n\n".join(paper_examples()[:few_shot])
+    if worked_examples not in WORKED_EXAMPLES:
+        raise ValueError(f"worked_examples must be one of {sorted(WORKED_EXAMPLES)}, got {worked_examples!r}")
+    return "\n\n".join(WORKED_EXAMPLES[worked_examples]()[:few_shot])
 
 
-def paper_prompt(example: dict, few_shot: int = MAX_PAPER_SHOTS) -> list[dict]:
-    """The paper's RL prompt: instructions, worked examples, ``Question: ...\\nAnswer:\\n``."""
+def paper_prompt(example: dict, few_shot: int = MAX_PAPER_SHOTS, worked_examples: str = "builtin") -> list[dict]:
+    """The paper's RL prompt: instructions, worked examples (the built-in ones unless ``worked_examples="paper"``),
+    ``Question: ...\\nAnswer:\\n``."""
     return chat_prompt(
-        f"{PAPER_INSTRUCTIONS}\n\n{_shots(few_shot)}\n\nQuestion: Solve the following Sudoku puzzle: "
-        f"{example['puzzle']}\nAnswer:\n"
+        f"{PAPER_INSTRUCTIONS}\n\n{_shots(few_shot, worked_examples)}\n\nQuestion: Solve the following Sudoku "
+        f"puzzle: {example['puzzle']}\nAnswer:\n"
     )
 
 
-def paper_eval_prompt(example: dict, few_shot: int = MAX_PAPER_SHOTS) -> list[dict]:
-    """The paper's evaluation prompt (its question line ends with an extra newline), reply opened by a tag."""
+def paper_eval_prompt(example: dict, few_shot: int = MAX_PAPER_SHOTS, worked_examples: str = "paper") -> list[dict]:
+    """The paper's evaluation prompt with its worked examples (its question line ends with an extra newline), reply
+    opened by a tag. ``worked_examples="builtin"`` shows the built-in training ones instead (for the built-in test
+    split, which holds the paper's second example grid)."""
     question = f"Solve the following Sudoku puzzle: {example['puzzle']}\n"
-    body = f"{_shots(few_shot)}\n\nQuestion: {question}\nAnswer:\n" if few_shot else question
+    body = f"{_shots(few_shot, worked_examples)}\n\nQuestion: {question}\nAnswer:\n" if few_shot else question
     return chat_prompt(f"{PAPER_INSTRUCTIONS}\n\n{body}", prefill=True)
 
 
@@ -535,12 +612,13 @@ def prepare(row: dict) -> dict:
     return {"puzzle": _grid(puzzle), "solution": _grid(solution)}
 
 
-TASK = Task(
+TASK = PaperDataTask(
     name="sudoku",
     title="Sudoku",
-    description="4x4 Sudoku, reward = share of empty cells filled correctly (built-in puzzles)",
+    description="4x4 Sudoku, reward = share of empty cells filled correctly (built-in training; the paper's test)",
+    paper={"test": "test_sudoku_split_new.csv"},
     builtin=builtin_rows,
-    default_data={"train": "builtin", "test": "builtin"},
+    default_data={"train": "builtin", "test": PAPER},
     prepare=prepare,
     prompts={
         "paper": paper_prompt,
@@ -551,6 +629,7 @@ TASK = Task(
     train_prompt="paper",
     eval_prompt="paper_eval",
     reward_funcs=(sudoku_reward,),
-    score=score,
+    strict_score=score,
+    paper_score=sudoku_paper_score,
     cluster_key="solution",
 )

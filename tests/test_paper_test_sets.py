@@ -9,8 +9,9 @@ import pytest
 
 import trl_spg
 from trl_spg.tasks import get_task
+from trl_spg.tasks.base import PAPER
 from trl_spg.tasks.countdown import builtin_rows as countdown_builtin_rows
-from trl_spg.tasks.data import PAPER, paper_file
+from trl_spg.tasks.data import packaged_rows
 from trl_spg.tasks.sudoku import (
     PAPER_WORKED_EXAMPLES,
     is_valid_grid,
@@ -46,7 +47,7 @@ def test_packaged_files_are_found_through_importlib_resources_and_match_the_refe
     package = Path(trl_spg.__file__).parent
     for name, checksum in CHECKSUMS.items():
         resource = importlib.resources.files("trl_spg.tasks.data") / name
-        assert resource.is_file() and paper_file(name) == resource
+        assert resource.is_file() and len(packaged_rows(name)) == 256
         assert hashlib.sha256(resource.read_bytes()).hexdigest() == checksum
         with importlib.resources.as_file(resource) as path:
             assert Path(path).resolve().is_relative_to(package.resolve())  # found with the package, not the repo
@@ -55,7 +56,7 @@ def test_packaged_files_are_found_through_importlib_resources_and_match_the_refe
     assert all(name in notice and checksum in notice for name, checksum in CHECKSUMS.items())
     assert len(get_task("countdown").examples("test")) == 256 and len(get_task("sudoku").examples("test")) == 256
     with pytest.raises(FileNotFoundError):
-        paper_file("missing.csv")
+        packaged_rows("missing.csv")
 
 
 def test_package_data_ships_the_files_in_the_wheel():
@@ -88,7 +89,7 @@ def test_countdown_test_default_is_the_paper_set_and_builtin_stays_selectable(co
     assert test[0]["prompt"][0]["content"].endswith("\n\nNumbers: [30, 100, 93]\nTarget: 23")
     builtin = task.examples("test", "builtin")
     assert builtin["nums"] == [row["nums"] for row in countdown_builtin_rows("test")] and len(builtin) == 256
-    with pytest.raises(ValueError, match="splits \\['test'\\], not 'train'"):
+    with pytest.raises(ValueError, match="test split, not 'train'; train on 'hub'"):
         task.examples("train", PAPER)
 
 
@@ -108,11 +109,16 @@ def test_sudoku_paper_set_is_256_unique_puzzles_from_88_grids(sudoku):
 
 def test_sudoku_test_default_is_the_paper_set_and_builtin_stays_selectable(sudoku):
     task = get_task("sudoku")
-    assert task.default_data == {"train": "builtin", "test": PAPER}  # training data unchanged
+    assert task.default_data == {"train": PAPER, "test": PAPER}
     assert task.examples("test")[:] == sudoku[:]
     builtin_train, builtin_test = sudoku_split(num_test_puzzles=1024)
     assert task.examples("test", "builtin")["puzzle"] == [row["puzzle"] for row in builtin_test]
-    assert task.examples("train")["puzzle"] == [row["puzzle"] for row in builtin_train]
+    assert task.examples("train", "builtin")["puzzle"] == [row["puzzle"] for row in builtin_train]
+    # The paper splits by solution grid: the default training puzzles use its other 200 grids, never a test grid.
+    train = task.examples("train")
+    assert len(train) == 800 and len(set(train["puzzle"])) == 800 and len(set(train["solution"])) == 200
+    assert not set(train["solution"]) & set(sudoku["solution"])
+    assert all(7 <= puzzle.count("0") <= 12 and solve_count(puzzle) == 1 for puzzle in train["puzzle"])
     prompt = task.dataset("test", limit=1)[0]["prompt"][0]["content"]
     assert prompt.endswith("Question: Solve the following Sudoku puzzle: 0310200404001043\n\nAnswer:\n")
 
@@ -147,13 +153,15 @@ def test_paper_worked_examples_are_consistent_and_outside_the_paper_test_set(sud
     assert not {text.split("<answer>\n")[1][:16] for text in paper_examples()} & set(sudoku["solution"])
 
 
-def test_paper_eval_shows_the_paper_examples_and_paper_the_builtin_ones():
+def test_paper_prompts_show_the_papers_worked_examples_and_builtin_on_request():
     task = get_task("sudoku")
     example = {"puzzle": "0310200404001043", "solution": "4312213434211243"}
     evaluation = task.format_prompt(example, "paper_eval")[0]["content"]
     assert "\n\n".join(reference_examples()) in evaluation and not any(s in evaluation for s in paper_examples())
     training = task.format_prompt(example, "paper")[0]["content"]
-    assert "\n\n".join(paper_examples()) in training and not any(s in training for s in reference_examples())
+    assert "\n\n".join(reference_examples()) in training and not any(s in training for s in paper_examples())
+    builtin = task.format_prompt(example, "paper", worked_examples="builtin")[0]["content"]
+    assert "\n\n".join(paper_examples()) in builtin
     swapped = task.format_prompt(example, "paper_eval", worked_examples="builtin")[0]["content"]
     assert swapped == evaluation.replace("\n\n".join(reference_examples()), "\n\n".join(paper_examples()))
     one = task.format_prompt(example, "paper", few_shot=1, worked_examples="paper")[0]["content"]

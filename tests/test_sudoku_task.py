@@ -180,7 +180,7 @@ def test_split_options():
 
 def test_compact_dataset_and_completion(split):
     train, _ = split
-    ds = get_task("sudoku").dataset("train", prompt_style="compact", limit=5)
+    ds = get_task("sudoku").dataset("train", prompt_style="compact", data="builtin", limit=5)
     assert isinstance(ds, datasets.Dataset)
     assert ds.column_names == ["puzzle", "solution", "prompt"]
     assert ds[0]["prompt"] == train[0]["puzzle"] + "="

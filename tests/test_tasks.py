@@ -167,7 +167,7 @@ def test_sudoku_csv_keeps_leading_zeros_and_builtin_split_trains():
     assert rows["solution"][0] == "1234341221434321"
     builtin_train, builtin_test = sudoku_split(num_test_puzzles=1024)
     assert task.examples("test", "builtin")["puzzle"] == [row["puzzle"] for row in builtin_test]
-    assert task.examples("train")["puzzle"] == [row["puzzle"] for row in builtin_train]
+    assert task.examples("train", "builtin")["puzzle"] == [row["puzzle"] for row in builtin_train]
 
 
 def test_sudoku_worked_examples_are_correct_and_come_from_training_grids():

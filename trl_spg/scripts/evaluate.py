@@ -109,7 +109,7 @@ def parse_args(argv: list[str]) -> EvaluationArguments:
     for flag in ("adapter", "model_name_or_path"):
         folder = _cli.flag_or_config_value(argv, flag)
         if folder == TINY_MODEL:
-            parser.set_defaults(prompt_style="compact", gen_lengths=[TINY_COMPLETION_LENGTH])
+            parser.set_defaults(prompt_style="compact", gen_lengths=[TINY_COMPLETION_LENGTH], data="builtin")
         elif folder and (Path(folder) / _cli.EVALUATION_SETTINGS).is_file():
             parser.set_defaults(**json.loads((Path(folder) / _cli.EVALUATION_SETTINGS).read_text()))
             break

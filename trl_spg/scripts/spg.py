@@ -190,6 +190,7 @@ def tiny_defaults(algorithm: str, task: str | None) -> dict:
         **TRAINING_DEFAULTS,
         **(SPG_DEFAULTS if algorithm == "spg" else {}),
         "prompt_style": "compact",
+        "train_data": "builtin",
         "eval_data": "builtin",  # the built-in held-out split: the tiny model trains on the built-in training grids
         "eval_before_after": True,
         "eval_batch_size": 128,

@@ -48,6 +48,8 @@ GRADERS = ("strict", "paper")
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 _BUILTIN_NAMES = ("builtin", "procedural")
+#: The source name of the SPG paper's own data (its test files are shipped in `trl_spg.tasks.data`).
+PAPER = "paper"
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class Task:
         description: one line for listings.
         hub: split -> `HubSource` of the paper's data.
         builtin: split -> list of raw rows, for tasks with built-in data (Sudoku, procedural Countdown).
+        paper: split -> raw rows (a list or a ``datasets.Dataset``) of the paper's own data (``data="paper"``).
         default_data: split -> ``"hub"`` or ``"builtin"``: what ``data=None`` means.
         prepare: raw row (any accepted schema) -> the task's columns.
         keep: optional filter on prepared rows (e.g. Countdown's three-number problems).
@@ -163,6 +166,7 @@ class Task:
     strict_score: Callable[[str, dict], dict]
     hub: Mapping[str, HubSource] = field(default_factory=dict)
     builtin: Callable[[str], list[dict]] | None = None
+    paper: Callable[[str], Any] | None = None
     default_data: Mapping[str, str] = field(default_factory=dict)
     keep: Callable[[dict], bool] | None = None
     reward_weights: tuple[float, ...] | None = None
@@ -195,7 +199,12 @@ class Task:
         """Rows of ``split`` in the source's own schema (see `DataArg` for ``data``)."""
         if data is None:
             data = self.default_data.get(split, "hub" if split in self.hub else "builtin")
-        if isinstance(data, str) and data in ("hub", *_BUILTIN_NAMES):
+        if isinstance(data, str) and data in ("hub", PAPER, *_BUILTIN_NAMES):
+            if data == PAPER:
+                if self.paper is None:
+                    raise ValueError(f"Task {self.name!r} ships none of the paper's data; use 'hub' or 'builtin'.")
+                rows = self.paper(split)
+                return rows if isinstance(rows, datasets.Dataset) else datasets.Dataset.from_list(rows)
             if data == "hub":
                 if split not in self.hub:
                     raise ValueError(f"Task {self.name!r} has no Hub data for split {split!r}.")

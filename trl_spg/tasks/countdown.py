@@ -35,8 +35,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from .base import HubSource, completion_text
-from .data import PAPER, PaperDataTask
+from .base import HubSource, Task, completion_text
+from .data import packaged_rows
 from .formats import REASONING_FORMAT_PROMPT, chat_prompt, last_boxed, last_tagged_answer
 from .paper_grader import countdown_paper_score
 
@@ -270,14 +270,21 @@ def compact_prompt(example: dict) -> str:
     return " ".join(map(str, example["nums"])) + f" -> {example['target']}:"
 
 
-TASK = PaperDataTask(
+def paper_rows(split: str):
+    """The paper's data: its 256 test problems (shipped); it trains on the Hub dataset."""
+    if split != "test":
+        raise ValueError(f"The paper's Countdown data shipped here is the test split, not {split!r}; train on 'hub'.")
+    return packaged_rows("countdown_cd3_test.jsonl")
+
+
+TASK = Task(
     name="countdown",
     title="Countdown",
     description="reach a target with + - * / over three numbers (Jiayi-Pan/Countdown-Tasks-3to4; the paper's test)",
     hub={"train": HubSource("Jiayi-Pan/Countdown-Tasks-3to4", None, "train")},
-    paper={"test": "countdown_cd3_test.jsonl"},
+    paper=paper_rows,
     builtin=builtin_rows,
-    default_data={"train": "hub", "test": PAPER},
+    default_data={"train": "hub", "test": "paper"},
     prepare=prepare,
     keep=lambda example: len(example["nums"]) == 3,
     prompts={"train": train_prompt, "eval": eval_prompt, "compact": compact_prompt},

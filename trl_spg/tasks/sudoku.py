@@ -46,8 +46,8 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
-from .base import completion_text
-from .data import PAPER, PaperDataTask
+from .base import Task, completion_text
+from .data import packaged_rows
 from .formats import chat_prompt
 from .paper_grader import sudoku_paper_score
 
@@ -494,8 +494,9 @@ def _shots(few_shot: int, worked_examples: str) -> str:
     return "\n\n".join(WORKED_EXAMPLES[worked_examples]()[:few_shot])
 
 
-def paper_prompt(example: dict, few_shot: int = MAX_PAPER_SHOTS, worked_examples: str = "builtin") -> list[dict]:
-    """The paper's RL prompt: instructions, worked examples (the built-in ones unless ``worked_examples="paper"``),
+def paper_prompt(example: dict, few_shot: int = MAX_PAPER_SHOTS, worked_examples: str = "paper") -> list[dict]:
+    """The paper's RL prompt: instructions, the paper's worked examples (``worked_examples="builtin"``: the built-in
+    training ones, for runs on the built-in split, whose test grids include the paper's second example grid),
     ``Question: ...\\nAnswer:\\n``."""
     return chat_prompt(
         f"{PAPER_INSTRUCTIONS}\n\n{_shots(few_shot, worked_examples)}\n\nQuestion: Solve the following Sudoku "
@@ -612,13 +613,43 @@ def prepare(row: dict) -> dict:
     return {"puzzle": _grid(puzzle), "solution": _grid(solution)}
 
 
-TASK = PaperDataTask(
+PAPER_TEST_FILE = "test_sudoku_split_new.csv"
+
+
+@lru_cache(maxsize=1)
+def _paper_train() -> tuple[dict[str, str], ...]:
+    """Training puzzles from the 200 solution grids outside the paper's test file: the paper splits by grid, and its
+    training file is not shipped, so these are our puzzles (4 per grid, 7-12 empty cells like its test puzzles,
+    unique solutions) on its training grids. No test grid of the paper's occurs in them."""
+    test_grids = {prepare(row)["solution"] for row in packaged_rows(PAPER_TEST_FILE)}
+    rng, rows, seen = random.Random("sudoku-paper-train"), [], set()
+    for grid in (grid for grid in all_grids() if grid not in test_grids):
+        for _ in range(4):
+            puzzle = next(
+                (p for p in (make_puzzle(grid, rng.randint(7, 12), rng) for _ in range(100)) if p not in seen), None
+            )
+            if puzzle is not None:
+                seen.add(puzzle)
+                rows.append({"puzzle": puzzle, "solution": grid})
+    return tuple(rows)
+
+
+def paper_rows(split: str):
+    """The paper's split: its 256 test puzzles (shipped) or puzzles on its 200 training grids (`_paper_train`)."""
+    if split == "test":
+        return packaged_rows(PAPER_TEST_FILE)
+    if split == "train":
+        return [dict(row) for row in _paper_train()]
+    raise ValueError(f"the paper's Sudoku data has splits 'train' and 'test', not {split!r}")
+
+
+TASK = Task(
     name="sudoku",
     title="Sudoku",
-    description="4x4 Sudoku, reward = share of empty cells filled correctly (built-in training; the paper's test)",
-    paper={"test": "test_sudoku_split_new.csv"},
+    description="4x4 Sudoku, reward = share of empty cells filled correctly (the paper's split by solution grid)",
+    paper=paper_rows,
     builtin=builtin_rows,
-    default_data={"train": "builtin", "test": PAPER},
+    default_data={"train": "paper", "test": "paper"},
     prepare=prepare,
     prompts={
         "paper": paper_prompt,

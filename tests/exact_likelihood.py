@@ -27,8 +27,11 @@ def subset_weight(size: int, length: int) -> float:
 
 
 @torch.no_grad()
-def subset_logprobs(model, prompt: list[int], completion: list[int], mask_token_id: int) -> dict:
-    """``{M: tensor of log pi(x_i | z_M) for every completion position i}`` over all non-empty subsets ``M``."""
+def subset_logprobs(model, prompt: list[int], completion: list[int], mask_token_id: int, suffix=()) -> dict:
+    """``{M: tensor of log pi(x_i | z_M) for every completion position i}`` over all non-empty subsets ``M``.
+
+    ``suffix`` follows the completion on the canvas in every row, never masked and never scored (the positions
+    after a completion's EOS: masks, or the generated tail)."""
     length = len(completion)
     subsets = [m for k in range(1, length + 1) for m in itertools.combinations(range(length), k)]
     rows = []
@@ -36,7 +39,7 @@ def subset_logprobs(model, prompt: list[int], completion: list[int], mask_token_
         row = list(completion)
         for i in subset:
             row[i] = mask_token_id
-        rows.append(prompt + row)
+        rows.append(prompt + row + list(suffix))
     ids = torch.tensor(rows)
     keep = torch.arange(len(prompt), len(prompt) + length)
     logits = forward_logits(model, ids, torch.ones_like(ids), keep=keep).double()
@@ -44,10 +47,13 @@ def subset_logprobs(model, prompt: list[int], completion: list[int], mask_token_
     return {frozenset(s): logps[n] for n, s in enumerate(subsets)}
 
 
-def exact_quantities(model, prompt: list[int], completion: list[int], mask_token_id: int, beta: float) -> dict:
-    """Exact ``log_likelihood``, ``elbo``, ``eubo`` (sequence scale) and ``eubo_inner`` (``E_i`` per token)."""
+def exact_quantities(
+    model, prompt: list[int], completion: list[int], mask_token_id: int, beta: float, suffix=()
+) -> dict:
+    """Exact ``log_likelihood``, ``elbo``, ``eubo`` (sequence scale) and ``eubo_inner`` (``E_i`` per token), of the
+    completion on the canvas ``prompt + completion + suffix`` (see `subset_logprobs`)."""
     length = len(completion)
-    table = subset_logprobs(model, prompt, completion, mask_token_id)
+    table = subset_logprobs(model, prompt, completion, mask_token_id, suffix)
     # log f(M): log-probability of having revealed exactly the complement of M with the right tokens.
     log_reach = {frozenset(range(length)): 0.0}
     for size in range(length, 0, -1):

@@ -69,6 +69,7 @@ def test_other_lengths_keep_the_block_where_it_divides():
         ({"rollout_cache_refresh_every": 4}, "rollout_cache_refresh_every needs"),
         ({"rollout_kv_cache": "dual", "rollout_cache_refresh_every": 0}, "rollout_cache_refresh_every"),
         ({"temperature": -1.0}, "temperature=-1.0: must be >= 0"),
+        ({"likelihood_canvas": "full"}, "likelihood_canvas='full': choose one of"),
     ],
 )
 def test_rejections_name_the_fix(overrides, message):
@@ -93,5 +94,6 @@ def test_objective_carries_every_setting():
         p_mask_prompt=0.05,
         block_sampling="independent",
     )
-    config = make(max_completion_length=64, diffusion_steps=8, **settings)
-    assert asdict(SPGObjective.from_config(config)) == settings
+    config = make(max_completion_length=64, diffusion_steps=8, likelihood_canvas="visible", **settings)
+    assert asdict(SPGObjective.from_config(config)) == {**settings, "tail_visible": True}
+    assert not SPGObjective.from_config(make(likelihood_canvas="trimmed")).tail_visible

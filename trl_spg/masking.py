@@ -101,6 +101,7 @@ def sample_masks(
     max_t: float = 1.0,
     p_mask_prompt: float = 0.0,
     block_sampling: str = "stratified",
+    tail_visible: bool = False,
     generator: torch.Generator,
 ) -> MonteCarloMasks:
     """Draw ``num_masks`` Monte Carlo masks per completion with one of SPG's strategies.
@@ -126,6 +127,9 @@ def sample_masks(
     Prompt perturbation: every clean token before the chosen block (prompt tokens, and with the block strategies
     the clean earlier completion blocks) is masked independently with probability ``p_mask_prompt``; masked
     completion tokens among them are scored like any other masked token.
+
+    The tail (columns after a completion's ``L`` tokens, e.g. what the rollout generated after its first EOS) is
+    never scored; it is masked in the input unless ``tail_visible`` (the SPG reference code's convention).
     """
     if strategy not in MASKING_STRATEGIES:
         raise ValueError(f"Unknown masking strategy {strategy!r}; choose one of {MASKING_STRATEGIES}.")
@@ -182,7 +186,7 @@ def sample_masks(
     else:
         noised_prompt = torch.zeros_like(prompt_real)
 
-    noised = torch.cat([noised_prompt, masked | ~content], dim=-1)
+    noised = torch.cat([noised_prompt, masked if tail_visible else masked | ~content], dim=-1)
     return MonteCarloMasks(noised=noised, scored=masked & content)
 
 
@@ -192,6 +196,7 @@ def one_step_masks(
     *,
     p_mask_prompt: float,
     num_draws: int = 1,
+    tail_visible: bool = False,
     generator: torch.Generator,
 ) -> MonteCarloMasks:
     """d1's one-step masks: the whole completion masked, each real prompt token masked with ``p_mask_prompt``.
@@ -203,7 +208,13 @@ def one_step_masks(
     """
     draws = [
         sample_masks(
-            prompt_mask, completion_mask, num_masks=1, strategy="all", p_mask_prompt=p_mask_prompt, generator=generator
+            prompt_mask,
+            completion_mask,
+            num_masks=1,
+            strategy="all",
+            p_mask_prompt=p_mask_prompt,
+            tail_visible=tail_visible,
+            generator=generator,
         )
         for _ in range(num_draws)
     ]

@@ -41,11 +41,14 @@ class SPGObjective:
     max_mask_ratio: float = 1.0
     p_mask_prompt: float = 0.15
     block_sampling: str = "stratified"
+    #: Whether the completion's tail (after its first EOS) is visible in the input: `likelihood_canvas="visible"`.
+    tail_visible: bool = False
 
     @classmethod
     def from_config(cls, config) -> SPGObjective:
         """The objective an `SPGConfig` (or any object with these attributes) describes."""
-        return cls(**{field.name: getattr(config, field.name) for field in fields(cls)})
+        settings = {field.name: getattr(config, field.name) for field in fields(cls) if field.name != "tail_visible"}
+        return cls(**settings, tail_visible=getattr(config, "likelihood_canvas", "masked") == "visible")
 
     def sample_masks(self, prompt_mask: torch.Tensor, completion_mask: torch.Tensor, generator) -> MonteCarloMasks:
         return sample_masks(
@@ -58,6 +61,7 @@ class SPGObjective:
             max_t=self.max_mask_ratio,
             p_mask_prompt=self.p_mask_prompt,
             block_sampling=self.block_sampling,
+            tail_visible=self.tail_visible,
             generator=generator,
         )
 

@@ -100,6 +100,7 @@ class DiffuGRPOTrainer(DiffusionGRPOTrainer):
                 completion_mask.cpu(),
                 p_mask_prompt=self.args.p_mask_prompt,
                 num_draws=num_draws,
+                tail_visible=self.args.likelihood_canvas == "visible",
                 generator=self._generator("prompt-masks", "cpu"),
             )
             self._rollout_masks = masks.noised.to(prompt_mask.device)
@@ -137,6 +138,9 @@ class DiffuGRPOTrainer(DiffusionGRPOTrainer):
         prompt_ids, completion_ids = input_ids[:, :prompt_width], input_ids[:, prompt_width:]
         prompt_mask, completion_mask = attention_mask[:, :prompt_width], attention_mask[:, prompt_width:]
         in_loss = self._loss_masks is not None
+        if not in_loss and self._rollout_canvas is not None and self.args.likelihood_canvas != "trimmed":
+            # TRL scores the old / reference policy on its trimmed batch: score the canvas the loss will use.
+            completion_ids, completion_mask = self._on_rollout_canvas(completion_ids, completion_mask)
         noised = self._loss_masks if in_loss else self._masks_for_rollout(prompt_mask, completion_mask)
         batch_size = batch_size or input_ids.shape[0]
         logps, entropies = [], []

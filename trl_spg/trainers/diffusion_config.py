@@ -29,6 +29,8 @@ ROLLOUT_FIELDS = {
     "kv_cache": "rollout_kv_cache",
     "cache_refresh_every": "rollout_cache_refresh_every",
 }
+#: The canvas a completion's likelihood is computed on (see `DiffusionGRPOConfig.likelihood_canvas`).
+LIKELIHOOD_CANVASES = ("masked", "visible", "trimmed")
 #: GRPO loss options a ratio-free loss does not use: setting them only earns a warning.
 _RATIO_OPTIONS = ("loss_type", "epsilon", "epsilon_high", "importance_sampling_level")
 
@@ -60,6 +62,13 @@ class DiffusionGRPOConfig(GRPOConfig):
             evaluation).
         mask_token_id (`int` or `None`, *optional*, defaults to `None`):
             Id of the `[MASK]` token. `None` takes the tokenizer's mask token, else `model.config.mask_token_id`.
+        likelihood_canvas (`str`, *optional*, defaults to `"masked"`):
+            The canvas every likelihood estimate (SPG's bounds, d1's and wd1's one-step estimate) is computed on.
+            `"masked"`: prompt + `max_completion_length`, the canvas the rollout was decoded on, the positions after
+            the first EOS masked and unscored (the completion's likelihood with its tail marginalised). `"visible"`:
+            the same canvas with the generated tail tokens visible and unscored (the SPG reference code's
+            convention). `"trimmed"`: prompt + the longest completion of the micro-batch (cheaper when completions
+            end early, but not the canvas the rollout was generated on).
         p_mask_prompt (`float`, *optional*, defaults to `0.15`):
             Probability of masking each clean prompt token (SPG: each clean token before the chosen block) in the
             likelihood estimate, drawn afresh for every estimate.
@@ -85,6 +94,14 @@ class DiffusionGRPOConfig(GRPOConfig):
     mask_token_id: int | None = field(
         default=None,
         metadata={"help": "Id of the [MASK] token; default: the tokenizer's mask token, else model.config's."},
+    )
+    likelihood_canvas: str = field(
+        default="masked",
+        metadata={
+            "help": "Canvas of the likelihood estimates: 'masked' (prompt + max_completion_length, tail masked), "
+            "'visible' (the tail visible, as the SPG reference code) or 'trimmed' (prompt + longest completion).",
+            "choices": list(LIKELIHOOD_CANVASES),
+        },
     )
     p_mask_prompt: float = field(
         default=0.15, metadata={"help": "Probability of masking each clean prompt token in the likelihood estimate."}
@@ -140,6 +157,8 @@ class DiffusionGRPOConfig(GRPOConfig):
                 f"generation_kwargs={self.generation_kwargs}: diffusion rollouts do not use `generate`; set "
                 "temperature, remasking, block_length and diffusion_steps instead."
             )
+        if self.likelihood_canvas not in LIKELIHOOD_CANVASES:
+            problems.append(f"likelihood_canvas={self.likelihood_canvas!r}: choose one of {LIKELIHOOD_CANVASES}.")
         if not 0.0 <= self.p_mask_prompt < 1.0:
             problems.append(f"p_mask_prompt={self.p_mask_prompt}: must lie in [0, 1).")
         method = self._ratio_free_method

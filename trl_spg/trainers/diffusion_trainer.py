@@ -132,6 +132,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self._check_model_and_special_tokens()
         self._eval_calls = 0
         self._finite_checks: dict = {}
+        self._rollout_canvas: torch.Tensor | None = None  # the rollout batch's full canvas, while it is scored
 
     def _check_model_and_special_tokens(self) -> None:
         """Fail at start, with the fix, on a model or mask token the trainer cannot train with."""
@@ -202,7 +203,31 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 generator=generator,
             )
         keep = completion_mask_from_ids(completion_ids, self.eos_token_ids).bool()
+        # TRL gets the completions cut after the first EOS (its rewards, metrics and logs read them); the whole
+        # canvas is kept for the likelihood (`likelihood_canvas`), row for row in TRL's order.
+        self._rollout_canvas = completion_ids
         return [ids[row].tolist() for ids, row in zip(completion_ids.cpu(), keep.cpu())], None
+
+    def _generate_and_score_completions(self, inputs):
+        """TRL's rollout batch, its completions on the canvas they were generated on (`likelihood_canvas`)."""
+        self._rollout_canvas = None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            if self.args.likelihood_canvas != "trimmed":
+                output["completion_ids"], output["completion_mask"] = self._on_rollout_canvas(
+                    output["completion_ids"], output["completion_mask"]
+                )
+        finally:
+            self._rollout_canvas = None
+        return output
+
+    def _on_rollout_canvas(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor):
+        """The rollout batch's completions as generated, all ``max_completion_length`` tokens (the tail after the
+        first EOS included, for the ``visible`` convention), and their mask (1 up to the first EOS) at that width."""
+        canvas = self._rollout_canvas.to(completion_ids.device)
+        width = canvas.shape[1]
+        mask = completion_mask[:, :width]
+        return canvas, torch.nn.functional.pad(mask, (0, width - mask.shape[1]))
 
     def _check_prompt_lengths(self, prompt_ids) -> None:
         config = unwrap_model(self.model).config.get_text_config()

@@ -102,6 +102,7 @@ class WD1Trainer(DiffusionGRPOTrainer):
             prompt_mask.cpu(),
             completion_mask.cpu(),
             p_mask_prompt=self.args.p_mask_prompt,
+            tail_visible=self.args.likelihood_canvas == "visible",
             generator=self._generator("masks", "cpu"),
         )
         token_logps = one_step_token_logprobs(

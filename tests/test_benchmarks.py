@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
         ("sampler.py", [*TINY, "--temperatures", "0.0"], "token-identical to the old sampler: True"),
         ("estimator.py", TINY, "SPG estimator, 2 masks (trl_spg kernel)"),
         ("train_step.py", [*TINY, "--train-steps", "2"], "trl_spg: 1 steps"),
+        ("likelihood_canvas.py", TINY, "on a canvas of 8"),
         ("block_sampling_variance.py", ["--repeats", "8", "--chunk", "8", "--masks", "2", "--threads", "1"], "block_all      2 ELBO"),
         (
             "rollout_speed.py",

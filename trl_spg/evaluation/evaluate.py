@@ -48,7 +48,7 @@ def generate_and_score(
     *,
     batch_size: int = 16,
     mask_token_id: int | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> list[dict]:
     """Completions of ``dataset`` (a task dataset with a ``prompt`` column) scored by the task, in order.
 
@@ -57,7 +57,7 @@ def generate_and_score(
     ``completion``, the task's ``prediction`` / ``correct`` / ``total`` (strict grader), the paper grader's
     ``paper_prediction`` / ``paper_correct`` / ``paper_total`` (tasks with one), the ``raw_completion`` it read (the
     whole generation with its special tokens) and the example's other columns. With ``progress`` the main process
-    shows a bar over its problems.
+    shows a bar over its problems (a string ``progress`` is the bar's label).
     """
     from accelerate.utils import gather_object
 
@@ -67,7 +67,7 @@ def generate_and_score(
         prompts = [row["prompt"] for row in rows]
         bar = tqdm(
             total=len(prompts),
-            desc=f"{task.name} (gen_length {decoding.gen_length})",
+            desc=progress if isinstance(progress, str) else f"{task.name} (gen_length {decoding.gen_length})",
             unit="problem",
             leave=False,
             disable=not (progress and state.is_main_process),
@@ -197,7 +197,8 @@ def evaluate_task(
         dataset = task.dataset(split, prompt_style=style, data=data, limit=limit, **(prompt_options or {}))
     state = process_state()
     results, records = [], []
-    for gen_length in gen_lengths or task.gen_lengths:
+    lengths = list(gen_lengths or task.gen_lengths)
+    for index, gen_length in enumerate(lengths, start=1):
         settings = replace(decoding, gen_length=gen_length).validated()
         scored = generate_and_score(
             task,
@@ -207,10 +208,10 @@ def evaluate_task(
             settings,
             batch_size=batch_size,
             mask_token_id=mask_token_id,
-            progress=progress,
+            progress=progress and f"{task.name}: length {index}/{len(lengths)} (gen_length {gen_length})",
         )
-        lengths = {key: getattr(settings, key) for key in ("gen_length", "block_length", "steps")}
-        results.append({**lengths, **summarize_graders(scored, task.cluster_key)})
+        shape = {key: getattr(settings, key) for key in ("gen_length", "block_length", "steps")}
+        results.append({**shape, **summarize_graders(scored, task.cluster_key)})
         records.extend(scored)
     summary = {
         "task": task.name,

@@ -224,8 +224,12 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     def _on_rollout_canvas(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor):
         """The rollout batch's completions as generated, all ``max_completion_length`` tokens (the tail after the
         first EOS included, for the ``visible`` convention), and their mask (1 up to the first EOS) at that width."""
-        canvas = self._rollout_canvas.to(completion_ids.device)
-        width = canvas.shape[1]
+        width = self.args.max_completion_length
+        if self._rollout_canvas is None:  # completions that did not come from `_generate_single_turn`: no tail known
+            ids = completion_ids[:, :width]
+            canvas = torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=self._tokenizer.pad_token_id)
+        else:
+            canvas = self._rollout_canvas.to(completion_ids.device)
         mask = completion_mask[:, :width]
         return canvas, torch.nn.functional.pad(mask, (0, width - mask.shape[1]))
 

@@ -38,7 +38,7 @@ PRESETS = {
         device="cpu",
         dtype="float32",
     ),
-    # The CPU setup of the issue: a tiny bidirectional Llama with a realistic vocabulary.
+    # The CPU setup: a tiny bidirectional Llama with a realistic vocabulary.
     "cpu": dict(
         vocab=32000,
         hidden=128,

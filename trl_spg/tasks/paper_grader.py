@@ -58,6 +58,8 @@ import re
 import warnings
 from collections.abc import Sequence
 
+from .formats import first_tagged_answer
+
 __all__ = [
     "MAX_POWER_BITS",
     "countdown_paper_prediction",
@@ -74,13 +76,6 @@ __all__ = [
     "sudoku_paper_prediction",
     "sudoku_paper_score",
 ]
-
-_FIRST_TAGGED = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
-def _first_tagged(text: str) -> str | None:
-    found = _FIRST_TAGGED.search(text)
-    return None if found is None else found.group(1).strip()
 
 
 def paper_boxed(text: str) -> str | None:
@@ -154,7 +149,7 @@ def gsm8k_paper_prediction(text: str) -> float | None:
             value = _gsm_number(content, 0)
             if value is not None:
                 return value
-    tagged = _first_tagged(text)
+    tagged = first_tagged_answer(text)
     if tagged:
         value = _gsm_number(tagged, -1)
         if value is not None:
@@ -283,7 +278,7 @@ def math500_paper_prediction(text: str) -> str | None:
     """The reference's MATH answer: `paper_boxed`, and only when that is empty or None the first answer tags."""
     prediction = paper_boxed(text)
     if not prediction:
-        tagged = _first_tagged(text)
+        tagged = first_tagged_answer(text)
         if tagged is not None:
             prediction = tagged
     return prediction
@@ -358,7 +353,7 @@ def countdown_paper_prediction(text: str) -> str:
     """The reference's Countdown expression (see the module docstring)."""
     expression = paper_boxed(text)
     if expression is None:
-        tagged = _first_tagged(text)
+        tagged = first_tagged_answer(text)
         expression = text if tagged is None else tagged
     expression = expression.replace("\\div", "/").replace("\\times", "*").replace("\\cdot", "*")
     found = _EQUATION.search(expression)

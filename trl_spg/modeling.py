@@ -17,6 +17,7 @@ What differs between model families is resolved here and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from functools import lru_cache
 
@@ -38,6 +39,20 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def whole_parameters(module: nn.Module, modifier_rank: int | None = 0):
+    """A context in which the DeepSpeed ZeRO-3-partitioned parameters of ``module`` are whole on every rank.
+
+    Changes made in it on ``modifier_rank`` are kept (None: changes are discarded). Without ZeRO-3 partitioning
+    (a module built while a ZeRO-3 config is active is partitioned from birth) it does nothing.
+    """
+    partitioned = [param for param in module.parameters() if hasattr(param, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=modifier_rank)
 
 
 @lru_cache(maxsize=64)

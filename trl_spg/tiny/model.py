@@ -15,6 +15,8 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ..modeling import whole_parameters
+
 __all__ = [
     "DEFAULT_ALPHABET",
     "DEFAULT_EXTRA_TOKENS",
@@ -180,7 +182,8 @@ def bidirectional_llama(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), device:
         model = LlamaForCausalLM._from_config(config, dtype=dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
-    _init_weights_(model, config.initializer_range, pad_token_id, generator)
+    with whole_parameters(model):  # built partitioned when a DeepSpeed ZeRO-3 config is active
+        _init_weights_(model, config.initializer_range, pad_token_id, generator)
     return model.eval()
 
 

@@ -23,7 +23,9 @@ import math
 import os
 
 import torch
+from accelerate.utils import send_to_device
 from transformers import GenerationConfig
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import pad
@@ -301,6 +303,47 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             self._metrics["train" if self.model.training else "eval"][name].append(gathered.nanmean().item())
 
     # ----------------------------------------------------------------------------------------------------------
+    # Checkpoints: a resume in the middle of a rollout batch continues on the same rollouts
+
+    def _save_checkpoint(self, model, trial):
+        """TRL's checkpoint, plus this process's unfinished rollout batch when the checkpoint falls inside one.
+
+        With ``num_iterations > 1`` (or ``steps_per_generation`` above the accumulation steps) a rollout batch is
+        trained on over several optimizer steps; TRL does not save it, so a resumed run would draw new rollouts
+        where the uninterrupted one reuses the old ones.
+        """
+        super()._save_checkpoint(model, trial)
+        if self._step % (self.args.steps_per_generation * self.num_iterations) == 0:
+            return  # the next step draws a new rollout batch either way
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        state = {"step": self._step, "buffered_inputs": self._buffered_inputs}
+        torch.save(state, os.path.join(folder, _ROLLOUT_BATCH_FILE.format(self.accelerator.process_index)))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """transformers' save, except that under FSDP a final save writes the whole model (or adapter) even when
+        checkpoints are sharded (``fsdp_state_dict_type: SHARDED_STATE_DICT``, FSDP2's default), where transformers
+        would write no weights at all. Checkpoints stay sharded."""
+        plugin = self.accelerator.state.fsdp_plugin if self.is_fsdp_enabled else None
+        if plugin is None or _internal_call or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+            return super().save_model(output_dir, _internal_call)
+        from torch.distributed.fsdp import StateDictType
+
+        sharded, plugin.state_dict_type = plugin.state_dict_type, StateDictType.FULL_STATE_DICT
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            plugin.state_dict_type = sharded
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint or "", _ROLLOUT_BATCH_FILE.format(self.accelerator.process_index))
+        if checkpoint is not None and os.path.isfile(path):
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            self._step = state["step"]
+            self._buffered_inputs = send_to_device(state["buffered_inputs"], self.accelerator.device)
+
+    # ----------------------------------------------------------------------------------------------------------
     # Model card
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **_):
@@ -327,6 +370,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             tags=[*self._tag_names, *([tags] if isinstance(tags, str) else tags or [])],
         )
         card.save(os.path.join(args.output_dir, "README.md"))
+
+
+_ROLLOUT_BATCH_FILE = "rollout_batch_rank{}.pt"
 
 
 def _attach_generation_config(model) -> None:

@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 from trl.rewards import get_soft_overlong_punishment, think_format_reward
 
 import trl_spg.objective as objective_module
-from trl_spg import SPGTrainer, WD1Trainer
+from trl_spg import SPGConfig, SPGTrainer, WD1Config, WD1Trainer
 from trl_spg.masking import sample_masks
 from trl_spg.objective import SPGObjective
 from trl_spg.seeding import make_generator
@@ -482,6 +482,39 @@ def test_resume_reproduces_masks_and_parameters(tmp_path, tiny_tokenizer, prompt
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
     assert len(uninterrupted) == 4 and len(recorder.draws) == 2
     assert all(torch.equal(a, b) for a, b in zip(uninterrupted[2:], recorder.draws))
+    for (name, param), other in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(param, other), name
+
+
+@pytest.mark.parametrize("algorithm", ["spg", "wd1"])
+def test_resume_inside_a_rollout_batch_trains_on_the_same_rollouts(
+    tmp_path, tiny_tokenizer, prompt_dataset, algorithm
+):
+    """With 2 inner iterations per rollout batch, the step-1 checkpoint falls inside a batch: the resumed run trains
+    step 2 on the saved rollouts (no new rollout) and ends with the uninterrupted run's parameters."""
+    from trl_spg.tiny import build_tiny_diffusion_lm
+
+    trainer_class, config_class = (SPGTrainer, SPGConfig) if algorithm == "spg" else (WD1Trainer, WD1Config)
+    args = make_args(tmp_path, config_class, max_steps=2, save_strategy="steps", save_steps=1, num_iterations=2)
+    rollouts = []
+
+    def trainer():
+        model = build_tiny_diffusion_lm(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+        built = trainer_class(
+            model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+        )
+        generate = built._generate_single_turn
+        built._generate_single_turn = lambda *a, **k: rollouts.append(1) or generate(*a, **k)
+        return built
+
+    full = trainer()
+    full.train()
+    assert len(rollouts) == 1  # one rollout batch for both steps
+    assert (tmp_path / "out" / "checkpoint-1" / "rollout_batch_rank0.pt").is_file()
+    assert not (tmp_path / "out" / "checkpoint-2" / "rollout_batch_rank0.pt").exists()  # at a batch boundary
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"))
+    assert len(rollouts) == 1
     for (name, param), other in zip(full.model.named_parameters(), resumed.model.parameters()):
         assert torch.equal(param, other), name
 

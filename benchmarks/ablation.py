@@ -1,18 +1,23 @@
-"""SPG's bounds against one-sided bounds and the baselines on the tiny Sudoku task, from the same warm starts.
+"""SPG's bounds against one-sided bounds and the baselines on a built-in tiny task, from the same warm starts.
 
-Every (method, seed) is one run of the Sudoku example (`examples/train_sudoku.py`, through the same runner as
-`benchmarks/sudoku_seeds.py`): seed S warm-starts the tiny policy once (cached and shared by every method of that
-seed), evaluates held-out accuracy, trains with the method for ``--steps`` optimizer steps, evaluating every
-``--eval_every`` steps, and evaluates again. Only the method's flags differ between the runs of a seed:
+Every (method, seed) is one run of the task's tiny command (`benchmarks/tiny_seeds.py`'s runner: the Sudoku example,
+or `trl-spg --task countdown --model_name_or_path tiny`): seed S warm-starts the tiny policy once (cached and shared
+by every method of that seed), evaluates greedy held-out accuracy, trains with the method at the task's default
+settings (same steps, same ``num_iterations`` for every method), evaluating every ``--eval_every`` steps, and
+evaluates again. Only the method's flags differ between the runs of a seed:
 
-    python benchmarks/ablation.py --methods spg-mix spg-elbo d1 wd1 --seeds 2 --steps 40
-    python benchmarks/ablation.py --methods spg-mix spg-mix-fast --seeds 2 --steps 40   # exact vs fast rollouts
-    python benchmarks/ablation.py --device cuda --methods spg-mix spg-eubo spg-elbo spg-none --seeds 2 --steps 300
+    python benchmarks/ablation.py --task sudoku --seeds 0 1 2 3
+    python benchmarks/ablation.py --task countdown --seeds 0 1 2 3 --max_runs 4   # one sitting's worth
+    python benchmarks/ablation.py --task sudoku --methods spg-mix spg-mix-threshold --seeds 0 1 2   # rollout modes
+    python benchmarks/ablation.py --device cuda --task sudoku --seeds 0 1 2 3 4 5 6 7 -- --max_steps 300
 
-It prints and writes (``--doc``, default docs/ablation.md) a table of the held-out gain per method: mean over seeds
-+- the standard error over seeds, each seed's gain +- its paired standard error (clustered by solution grid), and
-wall time; plus a plot of the held-out accuracy curves (mean over seeds) beside the document. Flags after ``--`` go to
-every run.
+Each finished run is appended to ``--results`` (one JSON line, default ``benchmarks/results/ablation_<task>.jsonl``)
+and skipped when the same run (task, method, seed, settings) is asked for again, so the table can be completed over
+several sittings. The report (``--doc``, default docs/ablation.md, rebuilt from every task's results file) gives per
+method the held-out gain (mean over seeds +- standard error over seeds), its difference from spg-mix paired by seed
+(same warm start, same held-out problems) +- the standard error of the paired differences, each seed's gain +- its
+paired standard error, and whether each of the paper's orderings holds, is reversed or is not resolved at 2 standard
+errors; plus each task's held-out accuracy curves. Flags after ``--`` go to every run (and are part of its key).
 """
 
 from __future__ import annotations
@@ -27,25 +32,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sudoku_seeds import ROOT, machine, run_sudoku  # noqa: E402
+from tiny_seeds import ENTRY_POINTS, ROOT, machine, run_tiny  # noqa: E402
 
-#: Each method's flags for the example; everything else is the example's tiny default.
+#: Each method's flags; everything else is the task's tiny default (`num_iterations` included, so d1 and wd1 reuse
+#: each rollout batch as often as SPG does).
 METHODS = {
     "spg-mix": ["--algorithm", "spg", "--negative_bound", "mix"],
     "spg-eubo": ["--algorithm", "spg", "--negative_bound", "eubo"],
     "spg-elbo": ["--algorithm", "spg", "--negative_bound", "elbo"],
     "spg-none": ["--algorithm", "spg", "--negative_bound", "none"],
     "spg-mix-random": ["--algorithm", "spg", "--negative_bound", "mix", "--masking_strategy", "random"],
-    "spg-mix-fast": [
-        *("--algorithm", "spg", "--negative_bound", "mix"),
-        *("--rollout_decoding", "threshold", "--rollout_kv_cache", "prefix"),
-    ],
-    "spg-mix-fast99": [
-        *("--algorithm", "spg", "--negative_bound", "mix"),
-        *("--rollout_decoding", "threshold", "--rollout_threshold", "0.99", "--rollout_kv_cache", "prefix"),
-    ],
     "spg-mix-threshold": [
         *("--algorithm", "spg", "--negative_bound", "mix", "--rollout_decoding", "threshold"),
+    ],
+    "spg-mix-threshold85": [
+        *("--algorithm", "spg", "--negative_bound", "mix", "--rollout_decoding", "threshold"),
+        *("--rollout_threshold", "0.85"),
+    ],
+    "spg-mix-threshold80": [
+        *("--algorithm", "spg", "--negative_bound", "mix", "--rollout_decoding", "threshold"),
+        *("--rollout_threshold", "0.8"),
     ],
     "spg-mix-prefix": ["--algorithm", "spg", "--negative_bound", "mix", "--rollout_kv_cache", "prefix"],
     "d1": ["--algorithm", "d1"],
@@ -57,70 +63,158 @@ DESCRIPTIONS = {
     "spg-elbo": "ELBO for every sample (a one-sided bound)",
     "spg-none": "ELBO on positive advantages only; negative samples dropped",
     "spg-mix-random": "spg-mix with random instead of block-wise masks",
-    "spg-mix-fast": "spg-mix with fast rollouts (threshold decoding 0.9 + prefix KV cache)",
-    "spg-mix-fast99": "spg-mix with fast rollouts (threshold decoding 0.99 + prefix KV cache)",
-    "spg-mix-threshold": "spg-mix with threshold decoding 0.9 only (no KV cache)",
-    "spg-mix-prefix": "spg-mix with the prefix KV cache only (fixed decoding schedule)",
+    "spg-mix-threshold": "spg-mix with threshold decoding 0.9 for the rollouts",
+    "spg-mix-threshold85": "spg-mix with threshold decoding 0.85 for the rollouts",
+    "spg-mix-threshold80": "spg-mix with threshold decoding 0.8 for the rollouts",
+    "spg-mix-prefix": "spg-mix with the prefix KV cache for the rollouts (fixed decoding schedule)",
     "d1": "d1 / diffu-GRPO: one-step estimate, clipped ratio, KL 0.04",
     "wd1": "wd1: one-step estimate, ratio-free weighted likelihood",
 }
+DEFAULT_METHODS = ["spg-mix", "spg-eubo", "spg-elbo", "spg-none", "d1", "wd1"]
+#: The paper's orderings (its ablation: none < ELBO < EUBO < mixture; its Table 1: SPG above d1 and wd1).
+ORDERINGS = [("spg-mix", "spg-eubo"), ("spg-eubo", "spg-elbo"), ("spg-elbo", "spg-none")]
+ORDERINGS += [("spg-mix", "d1"), ("spg-mix", "wd1")]
+TITLES = {"sudoku": "tiny 4x4 Sudoku", "countdown": "tiny Countdown"}
 
 
-def run_method(method: str, seed: int, args, extra: Sequence[str]) -> dict:
-    """One run of the example with the method's flags; its results and wall time."""
-    flags = [*METHODS[method], "--max_steps", str(args.steps), "--eval_every", str(args.eval_every)]
-    flags += ["--eval_limit", str(args.eval_puzzles), "--use_cpu", str(args.device == "cpu").lower()]
-    folder = Path(args.output_root) / method / f"seed-{seed}"
-    return run_sudoku(
-        seed,
-        [*flags, *extra],
-        cache_dir=(Path(args.output_root) / "cache").resolve(),
-        output_dir=folder.resolve(),
-        launcher=args.launcher,
-    )
+def results_path(task: str) -> Path:
+    return ROOT / "benchmarks" / "results" / f"ablation_{task}.jsonl"
 
 
-def summarize(method: str, runs: Sequence[dict]) -> dict:
-    """Mean gain over seeds with its standard error over seeds, and the mean accuracy curve."""
-    gains = [run["difference"] for run in runs]
-    stderr = statistics.stdev(gains) / math.sqrt(len(gains)) if len(gains) > 1 else float("nan")
-    curves: dict[int, list[float]] = {}
-    for run in runs:
-        curves.setdefault(0, []).append(run["before"]["accuracy"])
-        for point in run.get("curve", []):
-            curves.setdefault(point["step"], []).append(point["accuracy"])
+def run_key(task: str, method: str, seed: int, args, extra: Sequence[str]) -> dict:
+    """What makes two runs the same experiment (the machine does not: CPU numerics differ, the design does not)."""
     return {
+        "task": task,
         "method": method,
-        "gain": statistics.fmean(gains),
-        "gain_stderr": stderr,
-        "before": statistics.fmean(run["before"]["accuracy"] for run in runs),
-        "after": statistics.fmean(run["after"]["accuracy"] for run in runs),
-        "per_seed": [(run["seed"], run["difference"], run["paired_stderr_clustered"]) for run in runs],
-        "train_s": statistics.fmean(run["train_runtime_s"] for run in runs),
-        "wall_s": statistics.fmean(run["wall_s"] for run in runs),
-        "curve": {
-            step: statistics.fmean(values) for step, values in sorted(curves.items()) if len(values) == len(runs)
-        },
+        "seed": seed,
+        "eval_every": args.eval_every,
+        "eval_limit": args.eval_limit,
+        "device": args.device,
+        "extra": list(extra),
     }
 
 
-def format_table(summaries: Sequence[dict], steps: int) -> str:
+def load_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_method(key: dict, args) -> dict:
+    """One run of the task's tiny command with the method's flags; the stored row (key, results, wall time)."""
+    flags = [*METHODS[key["method"]], "--eval_every", str(key["eval_every"])]
+    flags += ["--use_cpu", str(key["device"] == "cpu").lower()]
+    if key["eval_limit"] is not None:
+        flags += ["--eval_limit", str(key["eval_limit"])]
+    root = Path(args.output_root) / key["task"]
+    results = run_tiny(
+        key["task"],
+        key["seed"],
+        [*flags, *key["extra"]],
+        cache_dir=(root / "cache" / f"seed-{key['seed']}").resolve(),
+        output_dir=(root / key["method"] / f"seed-{key['seed']}").resolve(),
+        launcher=args.launcher,
+    )
+    kept = ("before", "after", "difference", "paired_stderr", "paired_stderr_clustered", "curve", "train_runtime_s")
+    return {**key, **{name: results[name] for name in kept if name in results}, "wall_s": results["wall_s"]}
+
+
+def _stderr(row: dict) -> float:
+    """A run's paired standard error: clustered where the task has clusters (Sudoku's solution grids)."""
+    return row.get("paired_stderr_clustered", row["paired_stderr"])
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
+
+
+def summarize(rows: Sequence[dict], methods: Sequence[str], reference: str = "spg-mix") -> list[dict]:
+    """Per method: gain over seeds, difference from ``reference`` paired by seed, per-seed gains, mean curve."""
+    by_method: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], {})[row["seed"]] = row  # a later row of the same key replaces one
+    summaries = []
+    for method in methods:
+        runs = by_method.get(method, {})
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        gain, gain_se = _mean_se([runs[s]["difference"] for s in seeds])
+        shared = [s for s in seeds if s in by_method.get(reference, {})]
+        paired = [runs[s]["difference"] - by_method[reference][s]["difference"] for s in shared]
+        diff, diff_se = _mean_se(paired) if paired and method != reference else (float("nan"), float("nan"))
+        curves: dict[int, list[float]] = {}
+        for s in seeds:
+            curves.setdefault(0, []).append(runs[s]["before"]["accuracy"])
+            for point in runs[s].get("curve", []):
+                curves.setdefault(point["step"], []).append(point["accuracy"])
+        summaries.append(
+            {
+                "method": method,
+                "seeds": seeds,
+                "before": statistics.fmean(runs[s]["before"]["accuracy"] for s in seeds),
+                "after": statistics.fmean(runs[s]["after"]["accuracy"] for s in seeds),
+                "gain": gain,
+                "gain_se": gain_se,
+                "vs_reference": diff,
+                "vs_reference_se": diff_se,
+                "vs_reference_seeds": len(paired),
+                "per_seed": [(s, runs[s]["difference"], _stderr(runs[s])) for s in seeds],
+                "wall_s": statistics.fmean(runs[s]["wall_s"] for s in seeds),
+                "curve": {step: statistics.fmean(v) for step, v in sorted(curves.items()) if len(v) == len(seeds)},
+            }
+        )
+    return summaries
+
+
+def orderings(rows: Sequence[dict]) -> list[dict]:
+    """Each of the paper's orderings ``a > b``: the gain difference paired by seed, +- its SE, and a verdict."""
+    by_method: dict[str, dict[int, float]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], {})[row["seed"]] = row["difference"]
+    verdicts = []
+    for better, worse in ORDERINGS:
+        seeds = sorted(set(by_method.get(better, {})) & set(by_method.get(worse, {})))
+        if len(seeds) < 2:
+            continue
+        diff, se = _mean_se([by_method[better][s] - by_method[worse][s] for s in seeds])
+        verdict = "holds" if diff > 2 * se else "reversed" if diff < -2 * se else "not resolved"
+        verdicts.append({"claim": f"{better} > {worse}", "difference": diff, "se": se, "seeds": len(seeds),
+                         "verdict": verdict})  # fmt: skip
+    return verdicts
+
+
+def _fmt(value: float, se: float, digits: int = 4) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:+.{digits}f}" + ("" if math.isnan(se) else f" +- {se:.{digits}f}")
+
+
+def format_table(summaries: Sequence[dict]) -> str:
     lines = [
-        "| method | before | after | gain (mean over seeds +- SE) | per seed: gain +- paired SE by grid "
-        "| RL time / step | wall time / run |",
-        "|---|---|---|---|---|---|---|",
+        "| method | seeds | before | after | gain (mean +- SE over seeds) | minus spg-mix (paired by seed) "
+        "| per seed: gain +- paired SE | wall time / run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in summaries:
-        per_seed = ", ".join(f"{gain:+.4f} +- {se:.4f} (seed {seed})" for seed, gain, se in row["per_seed"])
-        spread = "" if math.isnan(row["gain_stderr"]) else f" +- {row['gain_stderr']:.4f}"
+        per_seed = ", ".join(f"{gain:+.3f} +- {se:.3f} ({seed})" for seed, gain, se in row["per_seed"])
         lines.append(
-            f"| {row['method']} | {row['before']:.4f} | {row['after']:.4f} | {row['gain']:+.4f}{spread} | {per_seed} "
-            f"| {row['train_s'] / steps:.2f} s | {row['wall_s'] / 60:.1f} min |"
+            f"| {row['method']} | {len(row['seeds'])} | {row['before']:.4f} | {row['after']:.4f} "
+            f"| {_fmt(row['gain'], row['gain_se'])} | {_fmt(row['vs_reference'], row['vs_reference_se'])} "
+            f"| {per_seed} | {row['wall_s'] / 60:.1f} min |"
         )
     return "\n".join(lines)
 
 
-def plot_curves(summaries: Sequence[dict], path: Path) -> None:
+def format_orderings(verdicts: Sequence[dict]) -> str:
+    lines = ["| paper's ordering | gain difference (paired by seed) | seeds | at 2 SE |", "|---|---|---|---|"]
+    for v in verdicts:
+        lines.append(f"| {v['claim']} | {_fmt(v['difference'], v['se'])} | {v['seeds']} | {v['verdict']} |")
+    return "\n".join(lines)
+
+
+def plot_curves(task: str, summaries: Sequence[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,11 +222,12 @@ def plot_curves(summaries: Sequence[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in summaries:
-        steps, accuracy = zip(*row["curve"].items())
-        ax.plot(steps, accuracy, marker=".", label=row["method"])
+        if len(row["curve"]) > 1:
+            steps, accuracy = zip(*row["curve"].items())
+            ax.plot(steps, accuracy, marker=".", label=f"{row['method']} ({len(row['seeds'])} seeds)")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("held-out cell accuracy (mean over seeds)")
-    ax.set_title("Tiny 4x4 Sudoku: held-out accuracy during RL")
+    ax.set_ylabel("held-out accuracy (mean over seeds)")
+    ax.set_title(f"{TITLES.get(task, task)}: held-out accuracy during RL")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -140,45 +235,51 @@ def plot_curves(summaries: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_doc(path: Path, summaries: Sequence[dict], args, extra: Sequence[str], machine_before: str) -> None:
-    plot = path.with_suffix(".png")
-    plot_curves(summaries, plot)
-    # Where the outputs went is this machine's business, not part of the experiment.
-    kept, skip = [], False
-    for arg in args.argv:
-        if skip or arg.split("=", 1)[0] in ("--output", "--output_root", "--doc"):
-            skip = not skip and "=" not in arg
+def write_doc(path: Path, stores: dict[str, Path]) -> None:
+    """The report over every task's results file (all runs so far, whichever sitting ran them)."""
+    sections = []
+    for task, store in sorted(stores.items()):
+        rows = load_results(store)
+        if not rows:
             continue
-        kept.append(arg)
-    command = f"python benchmarks/ablation.py {' '.join(kept)}"
-    total_min = sum(row["wall_s"] for row in summaries) * len(args.seed_list) / 60
-    methods = "\n".join(f"- `{row['method']}`: {DESCRIPTIONS[row['method']]}" for row in summaries)
-    text = f"""# Ablation: SPG's bounds and the baselines on the tiny Sudoku task
+        shown = [m for m in METHODS if m in {row["method"] for row in rows}]
+        summaries = summarize(rows, shown)
+        plot = path.with_name(f"{path.stem}_{task}.png")
+        plot_curves(task, summaries, plot)
+        hours = sum(row["wall_s"] for row in rows) / 3600
+        machines = sorted({row.get("machine", "?").split(", load")[0] for row in rows})
+        methods_text = "\n".join(f"- `{row['method']}`: {DESCRIPTIONS[row['method']]}" for row in summaries)
+        verdicts = orderings(rows)
+        sections.append(
+            f"""## {TITLES.get(task, task)}
 
-Written by `benchmarks/ablation.py`; regenerate with the command below. Each method trains the built-in tiny Sudoku
-policy from the same warm start per seed (seeds {", ".join(map(str, args.seed_list))}) for {args.steps} optimizer
-steps with the example's tiny settings (`examples/train_sudoku.py`), and is evaluated greedily on
-{args.eval_puzzles} held-out puzzles whose solution grids never appear in training, before, every
-{args.eval_every} steps and after RL. The gain is after minus before: its mean over seeds +- the standard error over
-seeds (a spread of 2 seeds is a rough guide only), and each seed's gain +- its paired standard error clustered by
-solution grid.
+{len(rows)} runs, {hours:.1f} hours of compute in all (machines: {"; ".join(machines)}). Command:
+`python benchmarks/ablation.py --task {task} --seeds ...` (results: `benchmarks/results/ablation_{task}.jsonl`).
 
-Command: `{command}`{" (extra example flags: `" + " ".join(extra) + "`)" if extra else ""}
+{methods_text}
 
-Machine: {machine_before}; all {len(summaries) * len(args.seed_list)} runs took {total_min:.0f} minutes.
+{format_table(summaries)}
 
-Methods:
-{methods}
+{format_orderings(verdicts) if verdicts else "No ordering has two paired seeds yet."}
 
-{format_table(summaries, args.steps)}
-
-"RL time / step" is the trainer's runtime divided by the steps (rollouts, scoring, updates, periodic evaluations);
-"wall time / run" is the whole process (evaluations, saving, and for the first method of each seed the warm start,
-about 50 s on 2 cores; the others load it from the cache).
-
-![held-out accuracy curves]({plot.name})
+![{task} held-out accuracy curves]({plot.name})
 """
-    path.write_text(text)
+        )
+    path.write_text(
+        f"""# Ablation: SPG's bounds and the baselines on the tiny tasks
+
+Written by `benchmarks/ablation.py` from every finished run in `benchmarks/results/`; rerun it to add seeds or
+methods (finished runs are skipped). Each method trains the task's built-in tiny policy from the same warm start per
+seed, at the task's default settings (the same steps and `num_iterations` for every method), and is evaluated
+greedily on held-out problems before, during and after RL. "gain" is after minus before, as a mean over seeds +- the
+standard error over seeds; "minus spg-mix" is the method's gain minus spg-mix's on the same seed (same warm start,
+same held-out problems), averaged over seeds +- the standard error of those paired differences; each seed's gain is
+shown +- its paired standard error over problems (clustered by solution grid for Sudoku). An ordering "holds" when
+the paired difference exceeds 2 of its standard errors, is "reversed" below -2, and is otherwise "not resolved".
+Wall time includes each seed's warm start for the first method run on it.
+
+{chr(10).join(sections)}"""
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -186,38 +287,49 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["spg-mix", "spg-elbo", "d1", "wd1"])
-    parser.add_argument("--seeds", type=int, default=2, help="Number of seeds (0, 1, ...), or see --seed_list.")
-    parser.add_argument("--seed_list", type=int, nargs="+", default=None, help="Explicit seeds instead of --seeds.")
-    parser.add_argument("--steps", type=int, default=40, help="Optimizer steps per run.")
-    parser.add_argument("--eval_every", type=int, default=10, help="Held-out evaluation every this many steps.")
-    parser.add_argument("--eval_puzzles", type=int, default=1024, help="Held-out puzzles per evaluation.")
+    parser.add_argument("--task", choices=sorted(ENTRY_POINTS), default="sudoku")
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=DEFAULT_METHODS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--eval_every", type=int, default=40, help="Held-out evaluation every this many steps.")
+    parser.add_argument("--eval_limit", type=int, default=None, help="Held-out problems (default: the task's).")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--launcher", choices=["accelerate", "python"], default="python")
-    parser.add_argument("--output_root", default="outputs/ablation", help="One folder per method and seed.")
+    parser.add_argument("--max_runs", type=int, default=None, help="Stop after this many new runs (one sitting).")
+    parser.add_argument("--results", default=None, help="JSON-lines store (default benchmarks/results/...).")
+    parser.add_argument("--output_root", default="outputs/ablation", help="Run folders and warm-start caches.")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "ablation.md"), help="Markdown report ('' to skip).")
-    parser.add_argument("--output", default=None, help="Also write the summaries as JSON here.")
     args = parser.parse_args(own)
-    args.argv, args.seed_list = own, args.seed_list or list(range(args.seeds))
+    store = Path(args.results) if args.results else results_path(args.task)
+    store.parent.mkdir(parents=True, exist_ok=True)
 
-    machine_before = machine()
-    print(f"machine: {machine_before}", flush=True)
-    runs: dict[str, list[dict]] = {method: [] for method in args.methods}
-    for seed in args.seed_list:  # seed-major: every method of a seed reuses that seed's cached warm start
+    print(f"machine: {machine()}", flush=True)
+    done = load_results(store)
+    finished = [{k: row[k] for k in run_key(args.task, "", 0, args, extra)} for row in done]
+    new_runs = 0
+    for seed in args.seeds:  # seed-major: every method of a seed reuses that seed's cached warm start
         for method in args.methods:
-            run = run_method(method, seed, args, extra)
-            runs[method].append(run)
+            key = run_key(args.task, method, seed, args, extra)
+            if key in finished:
+                continue
+            if args.max_runs is not None and new_runs >= args.max_runs:
+                break
+            row = {**run_method(key, args), "machine": machine()}
+            with open(store, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            done.append(row)
+            new_runs += 1
             print(
-                f"{method} seed {seed}: {run['before']['accuracy']:.4f} -> {run['after']['accuracy']:.4f}, gain "
-                f"{run['difference']:+.4f} +- {run['paired_stderr_clustered']:.4f}, {run['wall_s']:.0f} s",
+                f"{method} seed {seed}: {row['before']['accuracy']:.4f} -> {row['after']['accuracy']:.4f}, gain "
+                f"{row['difference']:+.4f} +- {_stderr(row):.4f}, {row['wall_s']:.0f} s",
                 flush=True,
             )
-    summaries = [summarize(method, runs[method]) for method in args.methods]
-    print(format_table(summaries, args.steps))
+    keys = [run_key(args.task, m, s, args, extra) for s in args.seeds for m in args.methods]
+    asked = [row for row in done if {k: row[k] for k in keys[0]} in keys]
+    summaries = summarize(asked, args.methods)
+    print(format_table(summaries))
+    print(format_orderings(orderings(asked)))
     if args.doc:
-        write_doc(Path(args.doc), summaries, args, extra, machine_before)
-    if args.output:
-        Path(args.output).write_text(json.dumps(summaries, indent=2))
+        write_doc(Path(args.doc), {**{task: results_path(task) for task in ENTRY_POINTS}, args.task: store})
     return summaries
 
 

@@ -3,7 +3,6 @@
 import dataclasses
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -98,32 +97,42 @@ def test_seeds_script_runs_the_example_and_tabulates_its_results(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_ablation_runs_each_method_from_the_same_warm_start_and_writes_its_report(tmp_path):
+def test_ablation_runs_each_method_from_the_same_warm_start_resumes_and_writes_its_report(tmp_path, capsys):
     path = EXAMPLE.parents[1] / "benchmarks" / "ablation.py"
     spec = importlib.util.spec_from_file_location("ablation", path)
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
-    toy = "--tiny_warm_start_steps 2 --per_device_train_batch_size 8 --num_generations 4 --num_threads 1 --logging_steps 1"
-    own = ["--methods", "spg-elbo", "wd1", "--seeds", "1", "--steps", "2", "--eval_every", "1", "--eval_puzzles", "8"]
-    own += ["--output_root", str(tmp_path / "runs"), "--doc", str(tmp_path / "ablation.md")]
-    summaries = ablation.main(own + ["--", *toy.split()])
-    runs = {
-        m: json.loads((tmp_path / "runs" / m / "seed-0" / "sudoku_results.json").read_text())
-        for m in ("spg-elbo", "wd1")
+    toy = "--tiny_warm_start_steps 2 --max_steps 2 --per_device_train_batch_size 8 --num_generations 4"
+    toy += " --num_threads 1 --logging_steps 1"
+    store, doc = tmp_path / "results.jsonl", tmp_path / "ablation.md"
+    own = ["--methods", "spg-mix", "wd1", "--eval_every", "1", "--eval_limit", "8", "--results", str(store)]
+    own += ["--output_root", str(tmp_path / "runs"), "--doc", str(doc)]
+    ablation.main(own + ["--seeds", "0", "--", *toy.split()])
+    runs = {m: json.loads((tmp_path / "runs" / "sudoku" / m / "seed-0" / "sudoku_results.json").read_text())
+            for m in ("spg-mix", "wd1")}  # fmt: skip
+    # One warm start per seed, shared: both methods start from the same held-out accuracy.
+    assert len(list((tmp_path / "runs" / "sudoku" / "cache" / "seed-0").glob("tiny-sudoku-*"))) == 1
+    assert runs["spg-mix"]["before"] == runs["wd1"]["before"]
+    assert "wd1/sequence_logp" in (tmp_path / "runs" / "sudoku" / "wd1" / "seed-0" / "run.log").read_text()
+    assert len(store.read_text().splitlines()) == 2
+
+    # A second sitting: seed 0's runs are skipped, and --max_runs stops after one new run (spg-mix on seed 1).
+    capsys.readouterr()
+    summaries = ablation.main(own + ["--seeds", "0", "1", "--max_runs", "1", "--", *toy.split()])
+    printed = capsys.readouterr().out
+    assert "spg-mix seed 1:" in printed and "seed 0:" not in printed and "wd1 seed 1:" not in printed
+    rows = [json.loads(line) for line in store.read_text().splitlines()]
+    assert [(row["method"], row["seed"]) for row in rows] == [("spg-mix", 0), ("wd1", 0), ("spg-mix", 1)]
+    mix = {row["seed"]: row["difference"] for row in rows if row["method"] == "spg-mix"}
+    by_method = {summary["method"]: summary for summary in summaries}
+    assert by_method["spg-mix"]["gain"] == pytest.approx((mix[0] + mix[1]) / 2)
+    assert by_method["spg-mix"]["gain_se"] == pytest.approx(abs(mix[0] - mix[1]) / 2)  # SD / sqrt(2) of two values
+    assert by_method["wd1"]["vs_reference"] == pytest.approx(runs["wd1"]["difference"] - mix[0])
+    assert by_method["wd1"]["curve"] == {
+        0: runs["wd1"]["before"]["accuracy"],
+        1: runs["wd1"]["curve"][0]["accuracy"],
+        2: runs["wd1"]["after"]["accuracy"],
     }
-    # One warm start, shared: both methods start from the same held-out accuracy and their own curves.
-    assert len(list((tmp_path / "runs" / "cache").glob("tiny-sudoku-*"))) == 1
-    assert runs["spg-elbo"]["before"] == runs["wd1"]["before"]
-    for summary in summaries:
-        run = runs[summary["method"]]
-        assert summary["gain"] == run["difference"] and math.isnan(summary["gain_stderr"])  # one seed: no spread
-        assert summary["curve"] == {
-            0: run["before"]["accuracy"],
-            1: run["curve"][0]["accuracy"],
-            2: run["after"]["accuracy"],
-        }
-    # The method's flags reached the example: wd1's log names its own metric.
-    assert "wd1/sequence_logp" in (tmp_path / "runs" / "wd1" / "seed-0" / "run.log").read_text()
-    report = (tmp_path / "ablation.md").read_text()
-    assert "| spg-elbo |" in report and "| wd1 |" in report and (tmp_path / "ablation.png").stat().st_size > 0
-    assert "--methods spg-elbo wd1 --seeds 1 --steps 2" in report and str(tmp_path) not in report
+    report = doc.read_text()
+    assert "| spg-mix | 2 |" in report and "| wd1 | 1 |" in report
+    assert (tmp_path / "ablation_sudoku.png").stat().st_size > 0 and str(tmp_path) not in report

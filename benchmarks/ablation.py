@@ -250,11 +250,15 @@ def write_doc(path: Path, stores: dict[str, Path]) -> None:
         machines = sorted({row.get("machine", "?").split(", load")[0] for row in rows})
         methods_text = "\n".join(f"- `{row['method']}`: {DESCRIPTIONS[row['method']]}" for row in summaries)
         verdicts = orderings(rows)
+        extras = sorted({" ".join(row["extra"]) for row in rows})
+        command = " | ".join(
+            f"`python benchmarks/ablation.py --task {task} --seeds ...{' -- ' + e if e else ''}`" for e in extras
+        )
         sections.append(
             f"""## {TITLES.get(task, task)}
 
-{len(rows)} runs, {hours:.1f} hours of compute in all (machines: {"; ".join(machines)}). Command:
-`python benchmarks/ablation.py --task {task} --seeds ...` (results: `benchmarks/results/ablation_{task}.jsonl`).
+{len(rows)} runs, {hours:.1f} hours of compute in all (machines: {"; ".join(machines)}). Command: {command}
+(results: `benchmarks/results/ablation_{task}.jsonl`).
 
 {methods_text}
 

@@ -486,7 +486,7 @@ def test_resume_reproduces_masks_and_parameters(tmp_path, tiny_tokenizer, prompt
         assert torch.equal(param, other), name
 
 
-@pytest.mark.parametrize("algorithm", ["spg", "wd1"])
+@pytest.mark.parametrize("algorithm", ["spg", pytest.param("wd1", marks=pytest.mark.slow)])
 def test_resume_inside_a_rollout_batch_trains_on_the_same_rollouts(
     tmp_path, tiny_tokenizer, prompt_dataset, algorithm
 ):

@@ -307,20 +307,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     store.parent.mkdir(parents=True, exist_ok=True)
 
     print(f"machine: {machine()}", flush=True)
-    done = load_results(store)
-    finished = [{k: row[k] for k in run_key(args.task, "", 0, args, extra)} for row in done]
     new_runs = 0
     for seed in args.seeds:  # seed-major: every method of a seed reuses that seed's cached warm start
         for method in args.methods:
             key = run_key(args.task, method, seed, args, extra)
-            if key in finished:
+            # Read before every run: another sitting (e.g. a process on other seeds) may have added it meanwhile.
+            if key in [{k: row[k] for k in key} for row in load_results(store)]:
                 continue
             if args.max_runs is not None and new_runs >= args.max_runs:
                 break
             row = {**run_method(key, args), "machine": machine()}
             with open(store, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-            done.append(row)
             new_runs += 1
             print(
                 f"{method} seed {seed}: {row['before']['accuracy']:.4f} -> {row['after']['accuracy']:.4f}, gain "
@@ -328,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 flush=True,
             )
     keys = [run_key(args.task, m, s, args, extra) for s in args.seeds for m in args.methods]
-    asked = [row for row in done if {k: row[k] for k in keys[0]} in keys]
+    asked = [row for row in load_results(store) if {k: row[k] for k in keys[0]} in keys]
     summaries = summarize(asked, args.methods)
     print(format_table(summaries))
     print(format_orderings(orderings(asked)))

@@ -56,6 +56,13 @@ class DecodingConfig:
         cache_refresh_every (`int` or `None`, *optional*, defaults to `None`):
             Also refresh the KV cache every this many forwards within a block (`None`: only at block starts; `1`:
             every forward, i.e. the exact sampler's logits). Needs `kv_cache` `"prefix"` or `"dual"`.
+        compact_batch (`bool`, *optional*, defaults to `True`):
+            Skip work that cannot change a completion up to its first EOS: a row whose first EOS and every position
+            before it are revealed leaves the batch (when the sampler is given the EOS ids), and identical rows are
+            forwarded once. The tokens up to each row's first EOS are the same as with `False` (same seed), with
+            every mode; a row that left early holds EOS at its positions still masked then. Off where the tokens
+            after the first EOS are read: evaluation's raw generations (the paper grader's text) and the trainer's
+            `visible` likelihood canvas.
     """
 
     gen_length: int = field(default=256, metadata={"help": "Generated tokens per prompt."})
@@ -95,6 +102,13 @@ class DecodingConfig:
     )
     cache_refresh_every: int | None = field(
         default=None, metadata={"help": "Also refresh the KV cache every this many forwards of a block."}
+    )
+    compact_batch: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop rows whose completion is final up to its first EOS and forward identical rows once (exact "
+            "up to the first EOS; a dropped row's still-masked positions hold EOS)."
+        },
     )
 
     def resolved(self) -> DecodingConfig:
@@ -149,6 +163,8 @@ class DecodingConfig:
                 problems.append(f"{name['min_tokens_per_step']}={config.min_tokens_per_step}: at least 1 (or None).")
         if config.kv_cache not in KV_CACHES:
             problems.append(f"{name['kv_cache']}={config.kv_cache!r}: choose one of {KV_CACHES}.")
+        if not isinstance(config.compact_batch, bool):
+            problems.append(f"{name['compact_batch']}={config.compact_batch!r}: True or False.")
         if config.cache_refresh_every is not None:
             if config.kv_cache == "none":
                 problems.append(f"{name['cache_refresh_every']} needs {name['kv_cache']} 'prefix' or 'dual'.")
@@ -184,10 +200,14 @@ class DecodingConfig:
         return options
 
     def keywords(self) -> dict:
-        """The settings that define this decoding, as `diffusion_generate` keywords: the protocol's five fields and
-        the fast-mode settings that differ from the exact sampler's."""
-        protocol = {key: value for key, value in asdict(self).items() if key not in FAST_MODE_FIELDS}
-        return {**protocol, **self.fast_options()}
+        """The settings that define this decoding, as `diffusion_generate` keywords: the protocol's five fields, the
+        fast-mode settings that differ from the exact sampler's, and `compact_batch` when it is off."""
+        protocol = {
+            key: value for key, value in asdict(self).items() if key not in (*FAST_MODE_FIELDS, *_EXACT_SPEED_FIELDS)
+        }
+        # Settings that skip work without changing a completion up to its first EOS: listed only when not default.
+        speed = {key: getattr(self, key) for key in _EXACT_SPEED_FIELDS if getattr(self, key) != _DEFAULT_SPEED[key]}
+        return {**protocol, **self.fast_options(), **speed}
 
 
 def decoding_field(name: str):
@@ -199,6 +219,9 @@ def decoding_field(name: str):
 
 #: The fields of the opt-in fast modes; the others (length, block, steps, temperature, remasking) are the protocol's.
 FAST_MODE_FIELDS = ("decoding", "threshold", "min_tokens_per_step", "kv_cache", "cache_refresh_every")
+#: Fields that only skip work: the completions up to their first EOS are the same whatever their value.
+_EXACT_SPEED_FIELDS = ("compact_batch",)
+_DEFAULT_SPEED = {key: DecodingConfig.__dataclass_fields__[key].default for key in _EXACT_SPEED_FIELDS}
 
 
 def _positive_int(value) -> bool:

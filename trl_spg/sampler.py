@@ -33,11 +33,22 @@ defaults above stay the exact sampler.
   sampler's logits, hence its tokens.
 
 Both combine. Randomness comes only from the ``generator`` argument.
+
+Batch compaction (``compact_batch``, on by default; exact, with every mode above). Callers keep a completion up to
+its first EOS only, and revealed tokens never change, so once a row's first EOS and every position before it are
+revealed nothing they keep can change: given the EOS ids (``eos_token_id``), the sampler drops such a row from every
+later forward, and its positions still masked then hold EOS in the result. Every step still draws the full batch's
+uniforms and each row reads its own, so a row's tokens do not depend on which rows are still decoding: the
+completions up to the first EOS, and the generator's final state, are those of ``compact_batch=False``. Full
+forwards also compute each run of identical consecutive rows (the G rollouts of a prompt at the start) once. Rows
+the model computes independently are assumed: a kernel whose rounding depends on the batch size (some GPU matmuls)
+can flip near-ties, as any change of batch size does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -114,20 +125,91 @@ def top_k_positions(score: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor
     return eligible & (ranks < (k.unsqueeze(-1) if k.dim() else k))
 
 
-def _block_logits(model, cache, canvas, attention_mask, positions, step, refresh_every, rows=None):
+def _noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """float32 U[0, 1) draws on the generator's device (random remasking's scores), returned on ``device``."""
+    source = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=source).to(device)
+
+
+def _at_rows(draws: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """The full-batch ``draws`` of the rows fed to the model (``rows`` None: all of them)."""
+    return draws if draws is None or rows is None else draws.index_select(0, rows)
+
+
+class _DuplicateRows:
+    """Forwards each run of consecutive identical rows (canvas and padding mask) once and copies its logits.
+
+    The G rollouts of a prompt are consecutive and start from the same canvas; the model computes each row on its
+    own, so a duplicate's logits are its first copy's. Looking costs a comparison and a host sync per forward, so it
+    stops for the rest of the rollout at the first forward without duplicates (sampled rows diverge at the first
+    reveal and seldom meet again; greedy copies stay identical and keep being found).
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def logits(self, model, canvas, attention_mask, positions):
+        if self.enabled and len(canvas) > 1:
+            same = (canvas[1:] == canvas[:-1]).all(-1) & (attention_mask[1:] == attention_mask[:-1]).all(-1)
+            first = torch.cat([same.new_ones(1), ~same])
+            if int(first.sum()) < len(canvas):
+                logits = forward_logits(model, canvas[first], attention_mask[first], keep=positions)
+                return logits.index_select(0, first.long().cumsum(0) - 1)
+            self.enabled = False
+        return forward_logits(model, canvas, attention_mask, keep=positions)
+
+
+def _block_logits(model, cache, canvas, attention_mask, positions, step, refresh_every, rows=None, duplicates=None):
     """Logits of the block's positions at the block's ``step``-th forward: exact, or from the block-wise KV cache.
 
     The cache is refreshed (a full forward, exact logits) at the block's first forward and then every
     ``refresh_every`` forwards (None: never again within the block). ``rows`` (batch indices) restricts the forward
-    to those rows of the canvas.
+    to those rows of the canvas. ``duplicates`` (a `_DuplicateRows`, full forwards only) computes identical rows once.
     """
     if cache is None:
         if rows is not None:
             canvas, attention_mask = canvas[rows], attention_mask[rows]
+        if duplicates is not None:
+            return duplicates.logits(model, canvas, attention_mask, positions)
         return forward_logits(model, canvas, attention_mask, keep=positions)
     if step == 0 or (refresh_every is not None and step % refresh_every == 0):
         return cache.refresh(canvas, attention_mask, positions, rows)
     return cache.logits(canvas, attention_mask, positions, rows)
+
+
+def finished_rows(completions: torch.Tensor, mask_token_id: int, eos: torch.Tensor) -> torch.Tensor:
+    """Rows whose first EOS is revealed with every position before it revealed (bool, per row).
+
+    Such a row's completion up to its first EOS is final: revealed tokens never change, and no EOS can appear
+    before it. ``completions`` is the generated part of the canvas (or its start, up to the current block).
+    """
+    is_eos = torch.isin(completions, eos)
+    first_stop = (is_eos | (completions == mask_token_id)).to(torch.uint8).argmax(-1, keepdim=True)
+    return is_eos.gather(1, first_stop).squeeze(1)
+
+
+def _drop_finished(canvas, rows, end, *, prompt_width, mask_token_id, eos):
+    """The decoding rows (``rows``; None: all) without those finished on the canvas up to ``end``."""
+    fed = canvas[:, prompt_width:end] if rows is None else canvas[rows, prompt_width:end]
+    finished = finished_rows(fed, mask_token_id, eos)
+    if not bool(finished.any()):
+        return rows
+    kept = (~finished).nonzero().squeeze(1)
+    return kept if rows is None else rows[kept]
+
+
+def _eos_ids(eos_token_id, mask_token_id: int, device) -> torch.Tensor | None:
+    """The EOS ids as a 1-D tensor, None when there are none."""
+    if isinstance(eos_token_id, (list, tuple)):
+        eos_token_id = [token for token in eos_token_id if token is not None]
+    if eos_token_id is None:
+        return None
+    eos = torch.as_tensor(eos_token_id, device=device, dtype=torch.long).reshape(-1)
+    if not len(eos):
+        return None
+    if bool((eos == mask_token_id).any()):
+        raise ValueError(f"eos_token_id {eos.tolist()} includes mask_token_id={mask_token_id}.")
+    return eos
 
 
 @torch.no_grad()
@@ -138,6 +220,7 @@ def diffusion_generate(
     config: DecodingConfig | None = None,
     *,
     mask_token_id: int,
+    eos_token_id: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     **settings,
 ) -> torch.Tensor:
@@ -159,6 +242,12 @@ def diffusion_generate(
       refreshed by a full forward at the first forward of every block and then every ``cache_refresh_every``
       forwards of the block (None: once per block; 1: every forward, which is the exact sampler).
 
+    Batch compaction (``compact_batch``, on by default; see the module docstring) changes no token up to a row's
+    first EOS, with any of the modes above. With ``eos_token_id`` (an id or a list; None: no compaction) a row whose
+    first EOS and everything before it are revealed is no longer decoded: its positions still masked then hold
+    ``eos_token_id`` (the first one) in the result, the positions after its first EOS that were revealed before keep
+    their tokens. Identical consecutive rows (canvas and padding) are computed once by full forwards.
+
     Randomness comes only from ``generator``.
     """
     config = (DecodingConfig(**settings) if config is None else replace(config, **settings)).validated()
@@ -175,15 +264,20 @@ def diffusion_generate(
     schedule = reveal_schedule(block_length, steps // num_blocks)
     row_offsets = torch.arange(batch, device=device).unsqueeze(-1) * block_length
     cache = BlockKVCache(model, kv_cache) if kv_cache != "none" else None
+    eos = _eos_ids(eos_token_id, mask_token_id, device) if config.compact_batch else None
+    duplicates = _DuplicateRows(config.compact_batch and cache is None and batch > 1)
+    finished = dict(prompt_width=prompt_width, mask_token_id=mask_token_id, eos=eos)
+    rows = None  # the rows still decoding, increasing (None: all of them)
 
     for block in range(num_blocks):
         start = prompt_width + block * block_length
+        end = start + block_length
         positions = torch.arange(start, start + block_length, device=device)
         if decoding == "threshold":
-            _decode_block_by_threshold(
-                model, cache, canvas, attention_mask, positions, schedule, row_offsets,
-                mask_token_id=mask_token_id, temperature=temperature, remasking=remasking, generator=generator,
-                threshold=threshold, min_tokens_per_step=min_tokens_per_step, refresh_every=cache_refresh_every,
+            rows = _decode_block_by_threshold(
+                model, cache, canvas, attention_mask, positions, schedule, row_offsets, rows, duplicates, finished,
+                temperature=temperature, remasking=remasking, generator=generator, threshold=threshold,
+                min_tokens_per_step=min_tokens_per_step, refresh_every=cache_refresh_every,
             )  # fmt: skip
             continue
         remaining = block_length  # masked positions of the block, the same in every row
@@ -191,29 +285,50 @@ def diffusion_generate(
         for k in schedule:
             if k == 0:
                 continue
-            logits = _block_logits(model, cache, canvas, attention_mask, positions, step, cache_refresh_every)
+            # Full-batch draws whichever rows are still decoding: a row's draws depend on its index alone (so
+            # compaction changes no token), and the generator ends in the state the exact sampler leaves it in.
+            uniforms = _uniform((batch, remaining), generator, device) if temperature else None
+            noise = _noise((batch, block_length), generator, device) if remasking == "random" else None
+            if rows is not None and not len(rows):  # every row finished
+                remaining -= k
+                continue
+            width = batch if rows is None else len(rows)
+            logits = _block_logits(
+                model, cache, canvas, attention_mask, positions, step, cache_refresh_every, rows, duplicates
+            )
             step += 1
-            current = canvas[:, start : start + block_length]
+            current = canvas[:, start:end] if rows is None else canvas[rows, start:end]
             still_masked = current == mask_token_id
             # The `remaining` masked positions of each row, in position order (masked sort first, stably).
             masked_at = (~still_masked).to(torch.uint8).argsort(dim=-1, stable=True)[:, :remaining]
-            rows = (masked_at + row_offsets).flatten()
+            flat = (masked_at + row_offsets[:width]).flatten()
             vocab = logits.shape[-1]
-            masked_logits = logits.reshape(-1, vocab).index_select(0, rows).view(batch, remaining, vocab)
+            masked_logits = logits.reshape(-1, vocab).index_select(0, flat).view(width, remaining, vocab)
             del logits
             # A revealed [MASK] would stay masked and break the reveal count, so it is never a candidate.
             masked_logits[..., mask_token_id] = float("-inf")
-            candidates = sample_tokens(masked_logits, temperature, generator)
+            if temperature:
+                candidates = inverse_cdf_sample(masked_logits, temperature, _at_rows(uniforms, rows))
+            else:
+                candidates = masked_logits.argmax(-1)
             if remasking == "low_confidence":
                 confidence = reveal_confidence(masked_logits, candidates, remasking)
             else:  # random: one uniform per block position, however many are still masked
-                confidence = reveal_confidence(current, current, remasking, generator).gather(1, masked_at)
+                confidence = _at_rows(noise, rows).gather(1, masked_at)
             del masked_logits
             reveal = top_k_positions(confidence, still_masked.gather(1, masked_at), k)
-            revealed = torch.where(reveal, candidates, current.gather(1, masked_at))
-            canvas[:, start : start + block_length] = current.scatter(1, masked_at, revealed)
+            revealed = current.scatter(1, masked_at, torch.where(reveal, candidates, current.gather(1, masked_at)))
+            if rows is None:
+                canvas[:, start:end] = revealed
+            else:
+                canvas[rows, start:end] = revealed
             remaining -= k
-    return canvas[:, prompt_width:]
+            if eos is not None:
+                rows = _drop_finished(canvas, rows, end, **finished)
+    completions = canvas[:, prompt_width:]
+    if eos is not None:  # only rows dropped before the end still have masked positions
+        completions.masked_fill_(completions == mask_token_id, int(eos[0]))
+    return completions
 
 
 def _decode_block_by_threshold(
@@ -224,8 +339,10 @@ def _decode_block_by_threshold(
     positions,
     schedule,
     row_offsets,
+    rows,
+    duplicates,
+    finished,
     *,
-    mask_token_id,
     temperature,
     remasking,
     generator,
@@ -233,55 +350,79 @@ def _decode_block_by_threshold(
     min_tokens_per_step,
     refresh_every,
 ):
-    """Decode one block in place with confidence-threshold parallel decoding (see `diffusion_generate`).
+    """Decode one block in place with confidence-threshold parallel decoding (see `diffusion_generate`); returns the
+    rows still decoding after it (``rows``: those before it, None for all; ``finished``: `_drop_finished`'s keywords,
+    its ``eos`` None without compaction).
 
     Rows reveal different numbers of tokens per forward, so each row has its own count of masked positions: the
     vocabulary-wide work runs on ``width`` slots per row (the largest count), and slots past a row's count are
     ignored. A row whose block is complete stops changing and is no longer fed to the model (nor kept in the KV
-    cache) while the others continue; the batch runs as many forwards as its slowest row. When every row reveals
-    exactly the minimum, all rows stay active and the slots, the generator draws and the revealed positions are those
-    of the fixed schedule, so a threshold that no confidence reaches (with the default minimum) reproduces the exact
-    sampler.
+    cache) while the others continue; the batch runs as many forwards as its slowest row.
+
+    Draws. Every row reveals at least the minimum per forward, so at the ``s``-th forward no row has more than
+    ``bound_s`` (the block length less the minimums of the earlier forwards) masked positions. Each possible forward
+    of the block draws a (batch, ``bound_s``) float64 uniform for the candidates (``T > 0``) and, with random
+    remasking, a (batch, block length) float32 one, whether or not it runs: a row's draws depend on its index and
+    the forward alone, not on which other rows are still decoding, so compaction changes no token. When every row
+    reveals exactly the minimum, these are the fixed schedule's draws, so a threshold that no confidence reaches
+    (with the default minimum) reproduces the exact sampler.
     """
     block_length = positions.numel()
     start = int(positions[0])
+    end = start + block_length
+    batch, device = canvas.shape[0], canvas.device
+    mask_token_id = finished["mask_token_id"]
     log_threshold = math.log(threshold)
-    all_rows = torch.arange(canvas.shape[0], device=canvas.device)
+    all_rows = torch.arange(batch, device=device)
+    bound = block_length  # most masked positions a row of this block can have at this forward
     for step in range(block_length):  # at least one reveal per row and forward: the block ends within block_length
-        counts = (canvas[:, start : start + block_length] == mask_token_id).sum(-1)
-        active = counts > 0
-        num_active = int(active.sum())
-        if num_active == 0:
-            return
-        # Only the rows still decoding this block are fed to the model (all of them while none has finished).
-        rows = all_rows if num_active == len(all_rows) else all_rows[active]
-        logits = _block_logits(
-            model, cache, canvas, attention_mask, positions, step, refresh_every,
-            rows=None if rows is all_rows else rows,
-        )  # fmt: skip
-        current = canvas[rows, start : start + block_length]
-        still_masked = current == mask_token_id
-        counts = counts[rows]
-        width = int(counts.max())
+        if bound <= 0:
+            break
         # The fixed schedule's count, at least 1 (its trailing zeros, when steps exceed the block, are never reached).
         minimum = min_tokens_per_step or max(schedule[step] if step < len(schedule) else 1, 1)
+        uniforms = _uniform((batch, bound), generator, device) if temperature else None
+        noise = _noise((batch, block_length), generator, device) if remasking == "random" else None
+        bound -= minimum
+        counts = (canvas[:, start:end] == mask_token_id).sum(-1)
+        active = counts > 0
+        if rows is not None:
+            active &= torch.zeros_like(active).index_fill_(0, rows, True)
+        num_active = int(active.sum())
+        if num_active == 0:
+            continue  # the draws above are still taken
+        # Only the rows still decoding this block are fed to the model (all of them while none has finished).
+        fed = all_rows if num_active == batch else all_rows[active]
+        fed_or_none = None if num_active == batch else fed
+        logits = _block_logits(
+            model, cache, canvas, attention_mask, positions, step, refresh_every, fed_or_none, duplicates
+        )
+        current = canvas[fed, start:end]
+        still_masked = current == mask_token_id
+        counts = counts[fed]
+        width = int(counts.max())
         masked_at = (~still_masked).to(torch.uint8).argsort(dim=-1, stable=True)[:, :width]
         valid = still_masked.gather(1, masked_at)
         vocab = logits.shape[-1]
-        flat = (masked_at + row_offsets[: len(rows)]).flatten()
-        masked_logits = logits.reshape(-1, vocab).index_select(0, flat).view(len(rows), width, vocab)
+        flat = (masked_at + row_offsets[:num_active]).flatten()
+        masked_logits = logits.reshape(-1, vocab).index_select(0, flat).view(num_active, width, vocab)
         del logits
         masked_logits[..., mask_token_id] = float("-inf")
-        candidates = sample_tokens(masked_logits, temperature, generator)
+        if temperature:
+            candidates = inverse_cdf_sample(masked_logits, temperature, _at_rows(uniforms, fed_or_none)[:, :width])
+        else:
+            candidates = masked_logits.argmax(-1)
         confidence = reveal_confidence(masked_logits, candidates, "low_confidence")
         if remasking == "low_confidence":
             order = confidence
         else:  # the minimum is drawn at random; the threshold still applies to the model's confidence
-            order = reveal_confidence(current, current, remasking, generator).gather(1, masked_at)
+            order = _at_rows(noise, fed_or_none).gather(1, masked_at)
         del masked_logits
         reveal = top_k_positions(order, valid, counts.clamp(max=minimum)) | (valid & (confidence >= log_threshold))
         revealed = torch.where(reveal, candidates, current.gather(1, masked_at))
-        canvas[rows, start : start + block_length] = current.scatter(1, masked_at, revealed)
+        canvas[fed, start:end] = current.scatter(1, masked_at, revealed)
+        if finished["eos"] is not None:
+            rows = _drop_finished(canvas, rows, end, **finished)
+    return rows
 
 
 def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_ids: int | list[int]) -> torch.Tensor:

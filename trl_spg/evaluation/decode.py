@@ -76,6 +76,9 @@ def generate_completions(
                 batch["attention_mask"].to(device),
                 decoding,
                 mask_token_id=mask_id,
+                # Batch compaction (`DecodingConfig.compact_batch`) changes the tokens after the first EOS, which
+                # the raw texts keep: it is on for the cut completions only.
+                eos_token_id=None if raw else eos_ids,
                 generator=generator,
             )
             keep = completion_mask_from_ids(completion_ids, eos_ids).bool()

@@ -45,7 +45,7 @@ class EvaluationArguments:
         gen_lengths (`list[int]` or `None`, *optional*, defaults to `None`):
             Generation lengths (default: the task's, 128 256 512; 20 with the tiny model).
         block_length, steps, temperature, remasking, decoding, threshold, min_tokens_per_step, kv_cache,
-        cache_refresh_every:
+        cache_refresh_every, compact_batch:
             Decoding settings, `trl_spg.DecodingConfig`'s (defaults: the paper's protocol, the exact sampler).
         split, data, prompt_style, few_shot, limit:
             Which problems and prompts: the task's split, its data source (`hub`, `builtin` or a local file /
@@ -78,6 +78,7 @@ class EvaluationArguments:
     min_tokens_per_step: int | None = decoding_field("min_tokens_per_step")
     kv_cache: str = decoding_field("kv_cache")
     cache_refresh_every: int | None = decoding_field("cache_refresh_every")
+    compact_batch: bool = decoding_field("compact_batch")
     split: str = field(default="test", metadata={"help": "The task's split."})
     data: str | None = field(
         default=None, metadata={"help": "'hub', 'builtin', or a local file / folder in the dataset's schema."}

@@ -28,6 +28,7 @@ ROLLOUT_FIELDS = {
     "min_tokens_per_step": "rollout_min_tokens_per_step",
     "kv_cache": "rollout_kv_cache",
     "cache_refresh_every": "rollout_cache_refresh_every",
+    "compact_batch": "rollout_compact_batch",
 }
 #: The canvas a completion's likelihood is computed on (see `DiffusionGRPOConfig.likelihood_canvas`).
 LIKELIHOOD_CANVASES = ("masked", "visible", "trimmed")
@@ -44,7 +45,7 @@ class DiffusionGRPOConfig(GRPOConfig):
     (`rollout_config()`), whose fields these set: `max_completion_length` (its `gen_length`), `block_length`,
     `diffusion_steps` (its `steps`), `temperature`, `remasking` and the fast modes `rollout_decoding`,
     `rollout_threshold`, `rollout_min_tokens_per_step`, `rollout_kv_cache`, `rollout_cache_refresh_every` (its
-    `decoding`, `threshold`, ...); their meaning, defaults and checks are `DecodingConfig`'s. Options that only make
+    `decoding`, `threshold`, ...) and `rollout_compact_batch` (its `compact_batch`); their meaning, defaults and checks are `DecodingConfig`'s. Options that only make
     sense for autoregressive decoding (vLLM, continuous batching, top-k / top-p / min-p / repetition-penalty
     sampling, `generation_kwargs`) are rejected.
 
@@ -60,6 +61,11 @@ class DiffusionGRPOConfig(GRPOConfig):
             The rollouts' fast modes (`DecodingConfig`'s `decoding`, `threshold`, ...). Threshold decoding draws
             every token from the model's exact conditional; the KV caches perturb the conditionals (keep them for
             evaluation).
+        rollout_compact_batch (`bool`, *optional*, defaults to `True`):
+            `DecodingConfig.compact_batch` for the rollouts: a rollout whose first EOS and everything before it are
+            decoded leaves the batch, and identical rollouts (a prompt's generations at the start) are forwarded
+            once. Exact for the `masked` and `trimmed` likelihood canvases, which never read a token after the first
+            EOS; with `likelihood_canvas="visible"` (the tail is part of the canvas) it is off whatever its value.
         mask_token_id (`int` or `None`, *optional*, defaults to `None`):
             Id of the `[MASK]` token. `None` takes the tokenizer's mask token, else `model.config.mask_token_id`.
         likelihood_canvas (`str`, *optional*, defaults to `"masked"`):
@@ -91,6 +97,13 @@ class DiffusionGRPOConfig(GRPOConfig):
     rollout_min_tokens_per_step: int | None = decoding_field("min_tokens_per_step")
     rollout_kv_cache: str = decoding_field("kv_cache")
     rollout_cache_refresh_every: int | None = decoding_field("cache_refresh_every")
+    rollout_compact_batch: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop finished rollouts from the decoding batch and forward identical ones once (exact; off "
+            "with likelihood_canvas='visible', which reads the tokens after the first EOS)."
+        },
+    )
     mask_token_id: int | None = field(
         default=None,
         metadata={"help": "Id of the [MASK] token; default: the tokenizer's mask token, else model.config's."},
@@ -136,8 +149,11 @@ class DiffusionGRPOConfig(GRPOConfig):
                 )
 
     def rollout_config(self) -> DecodingConfig:
-        """The rollouts' decoding settings."""
-        return DecodingConfig(**{key: getattr(self, name) for key, name in ROLLOUT_FIELDS.items()})
+        """The rollouts' decoding settings (batch compaction off for the `visible` canvas, which reads the tail)."""
+        config = DecodingConfig(**{key: getattr(self, name) for key, name in ROLLOUT_FIELDS.items()})
+        if self.likelihood_canvas == "visible":
+            config.compact_batch = False
+        return config
 
     def _problems(self) -> list[str]:
         """Every setting this config cannot run with, each with its fix (subclasses extend the list)."""

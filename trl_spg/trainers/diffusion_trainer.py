@@ -202,6 +202,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 attention_mask,
                 self.args.rollout_config(),
                 mask_token_id=self.mask_token_id,
+                eos_token_id=self.eos_token_ids,  # batch compaction (`rollout_compact_batch`)
                 generator=generator,
             )
         keep = completion_mask_from_ids(completion_ids, self.eos_token_ids).bool()

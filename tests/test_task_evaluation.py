@@ -221,7 +221,7 @@ def test_cli_fast_decoding_flags_reach_diffusion_generate(saved_tiny_model, tmp_
     assert [r["completion"] for r in refreshed["records"]] == [r["completion"] for r in exact["records"]]
 
 
-def test_callback_decodes_as_the_trainers_rollouts_greedily(tmp_path):
+def test_callback_decodes_greedily_with_the_exact_sampler_at_the_rollouts_protocol(tmp_path):
     from types import SimpleNamespace
 
     from tiny_models import make_args
@@ -229,8 +229,12 @@ def test_callback_decodes_as_the_trainers_rollouts_greedily(tmp_path):
     args = make_args(tmp_path, rollout_decoding="threshold", rollout_threshold=0.8, rollout_kv_cache="prefix")
     options = dict(data=DATA["countdown"], prompt_style="compact", limit=2)
     callback = TaskEvaluationCallback(SimpleNamespace(args=args), "countdown", every=1, **options)
-    assert callback.decoding == dataclasses.replace(args.rollout_config(), temperature=0.0)
-    assert callback.decoding.fast_options() == {"decoding": "threshold", "threshold": 0.8, "kv_cache": "prefix"}
+    rollout = args.rollout_config()
+    assert rollout.fast_options() == {"decoding": "threshold", "threshold": 0.8, "kv_cache": "prefix"}
+    assert callback.decoding.is_exact and callback.decoding.fast_options() == {}
+    protocol = ("gen_length", "block_length", "steps", "remasking")
+    assert [getattr(callback.decoding, k) for k in protocol] == [getattr(rollout, k) for k in protocol]
+    assert callback.decoding.temperature == 0.0
     exact = DecodingConfig(gen_length=8)
     assert TaskEvaluationCallback(SimpleNamespace(args=args), "countdown", decoding=exact, **options).decoding == exact
 

@@ -191,6 +191,12 @@ class DecodingConfig:
         """True for the exact sampler (fixed schedule, no KV cache)."""
         return self.decoding == "fixed" and self.kv_cache == "none"
 
+    def exact(self) -> DecodingConfig:
+        """The exact sampler with this config's protocol (length, block, steps, temperature, remasking): the fast
+        modes reset to their defaults."""
+        defaults = DecodingConfig()
+        return replace(self, **{key: getattr(defaults, key) for key in FAST_MODE_FIELDS})
+
     def fast_options(self) -> dict:
         """The fast-mode settings that differ from the exact sampler's (empty for the exact sampler)."""
         exact = DecodingConfig()

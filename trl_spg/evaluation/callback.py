@@ -58,7 +58,8 @@ class TaskEvaluationCallback(TrainerCallback):
         self.trainer = trainer
         self.task = get_task(task)
         self.every, self.eval_on_start, self.eval_on_end = every, eval_on_start, eval_on_end
-        self.decoding = decoding or replace(trainer.args.rollout_config(), temperature=0.0)
+        # The exact sampler unless told otherwise: held-out accuracy must not depend on the rollouts' fast modes.
+        self.decoding = decoding or replace(trainer.args.rollout_config().exact(), temperature=0.0)
         self.batch_size = batch_size
         self.dataset = self.task.dataset(
             split, prompt_style=prompt_style or self.task.eval_prompt, data=data, limit=limit, **(prompt_options or {})

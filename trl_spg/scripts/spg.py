@@ -309,10 +309,11 @@ def check_arguments(script_args, training_args, model_args) -> None:
 
 
 def _evaluation_decoding(training_args, script_args):
-    """Greedy, with the rollouts' settings at the evaluation length."""
+    """The paper's protocol: greedy exact decoding with the rollouts' block and steps, at the evaluation length (the
+    rollouts' fast modes are left out, so runs that differ only in them are evaluated alike)."""
     from dataclasses import replace
 
-    rollout = training_args.rollout_config()
+    rollout = training_args.rollout_config().exact()
     return replace(rollout.at_length(script_args.eval_gen_length or rollout.gen_length), temperature=0.0)
 
 

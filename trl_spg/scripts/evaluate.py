@@ -104,13 +104,15 @@ def parse_args(argv: list[str]) -> EvaluationArguments:
     and 20-token generations."""
     from trl import TrlParser
 
-    from ..tiny.sudoku import TINY_COMPLETION_LENGTH, TINY_MODEL
+    from ..tiny import tiny_policy_module
+    from ..tiny.sudoku import TINY_MODEL
 
     parser = TrlParser((EvaluationArguments,), prog="trl-spg-evaluate")
     for flag in ("adapter", "model_name_or_path"):
         folder = _cli.flag_or_config_value(argv, flag)
         if folder == TINY_MODEL:
-            parser.set_defaults(prompt_style="compact", gen_lengths=[TINY_COMPLETION_LENGTH], data="builtin")
+            policy = tiny_policy_module(_cli.flag_or_config_value(argv, "task") or EvaluationArguments.task)
+            parser.set_defaults(prompt_style="compact", gen_lengths=[policy.TINY_COMPLETION_LENGTH], data="builtin")
         elif folder and (Path(folder) / _cli.EVALUATION_SETTINGS).is_file():
             parser.set_defaults(**json.loads((Path(folder) / _cli.EVALUATION_SETTINGS).read_text()))
             break
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Parse, check, load, evaluate, report; returns the summary (with per-problem ``records``)."""
     from ..evaluation import evaluate_task, markdown_table, process_state
     from ..tasks import get_task
-    from ..tiny.sudoku import TINY_MODEL, load_tiny_policy
+    from ..tiny import tiny_policy_module
+    from ..tiny.sudoku import TINY_MODEL
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     state = process_state()
     if args.model_name_or_path == TINY_MODEL:
         with state.main_process_first():  # the first process warm-starts and caches, the others load the cache
-            model, tokenizer = load_tiny_policy()
+            model, tokenizer = tiny_policy_module(args.task).load_tiny_policy()
     else:
         from ..models import load_model_and_tokenizer
 

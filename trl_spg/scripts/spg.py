@@ -5,8 +5,9 @@
     # any dataset with a "prompt" column and any TRL reward functions
     trl-spg --model_name_or_path GSAI-ML/LLaDA-8B-Instruct --dataset_name my/dataset \
         --reward_funcs my_lib.rewards.correctness think_format_reward --output_dir out
-    # on a CPU: the built-in tiny Sudoku policy, held-out accuracy before and after training
+    # on a CPU: the built-in tiny Sudoku (or Countdown) policy, held-out accuracy before and after training
     trl-spg --task sudoku --model_name_or_path tiny
+    trl-spg --task countdown --model_name_or_path tiny
     # a baseline on the same run
     trl-spg --task sudoku --model_name_or_path tiny --algorithm wd1
     # the paper's recipe on 8 GPUs
@@ -183,15 +184,19 @@ def make_parser(algorithm: str = "spg"):
 
 
 def tiny_defaults(algorithm: str, task: str | None) -> dict:
-    """Settings of the built-in tiny CPU run (`--model_name_or_path tiny`); flags and YAML values override them."""
-    from trl_spg.tiny.sudoku import SPG_DEFAULTS, TRAINING_DEFAULTS
+    """Settings of the built-in tiny CPU run (`--model_name_or_path tiny`); flags and YAML values override them.
 
+    The task's own tiny policy (`trl_spg.tiny.TINY_POLICIES`: Sudoku's, or Countdown's) sets the training settings.
+    """
+    from trl_spg.tiny import tiny_policy_module
+
+    policy = tiny_policy_module(task)
     return {
-        **TRAINING_DEFAULTS,
-        **(SPG_DEFAULTS if algorithm == "spg" else {}),
+        **policy.TRAINING_DEFAULTS,
+        **(policy.SPG_DEFAULTS if algorithm == "spg" else {}),
         "prompt_style": "compact",
         "train_data": "builtin",
-        "eval_data": "builtin",  # the built-in held-out split: the tiny model trains on the built-in training grids
+        "eval_data": "builtin",  # the built-in held-out split: the tiny model trains on the built-in training split
         "eval_before_after": True,
         "eval_batch_size": 128,
         "output_dir": f"outputs/{task or 'sudoku'}-tiny-{algorithm}",
@@ -238,16 +243,19 @@ def trainer_model_arguments(model_args, training_args, script_args) -> dict:
 
     A checkpoint id or folder stays a string: the trainer resolves LLaDA / Dream conversions and loads it through
     TRL with ``model_init_kwargs`` (revision, dtype, attention, ``trust_remote_code``) and the quantisation config.
-    ``tiny`` is the built-in tiny Sudoku policy, built here with its tokenizer. PEFT settings apply to both.
+    ``tiny`` is the task's built-in tiny policy (Sudoku's unless the task has its own), built here with its
+    tokenizer. PEFT settings apply to both.
     """
     from trl import get_peft_config, get_quantization_config
 
-    from trl_spg.tiny.sudoku import TINY_MODEL, load_tiny_policy
+    from trl_spg.tiny import tiny_policy_module
+    from trl_spg.tiny.sudoku import TINY_MODEL
 
     if not model_args.model_name_or_path:
         raise ValueError("Give --model_name_or_path (a LLaDA / Dream checkpoint, any masked diffusion LM, or 'tiny').")
     peft_config = get_peft_config(model_args)
     if model_args.model_name_or_path == TINY_MODEL:
+        load_tiny_policy = tiny_policy_module(script_args.task).load_tiny_policy
         model, tokenizer = load_tiny_policy(seed=training_args.seed, sft_steps=script_args.tiny_warm_start_steps)
         return {"model": model, "processing_class": tokenizer, "peft_config": peft_config}
     model_init_kwargs = dict(
@@ -394,6 +402,8 @@ def train(script_args, training_args, model_args, dataset_args):
         trainer.create_model_card(dataset_name=dataset_name)
         title = f"{trainer_class._name} on {task.title}" if task is not None else trainer_class._name
         plot_rewards(trainer.state.log_history, os.path.join(training_args.output_dir, "reward_curve.png"), title)
+        # The logged metrics (rewards, completions/mean_length, evaluations) stay with the model, not only on screen.
+        trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
         if task is not None:
             save_evaluation_settings(
                 training_args.output_dir, script_args, _evaluation_decoding(training_args, script_args)
@@ -480,7 +490,8 @@ def summary_line(task, results: dict) -> str:
 
 
 def plot_rewards(log_history: list[dict], path: str, title: str) -> None:
-    """The logged mean reward per step, as a PNG."""
+    """The logged mean reward per step, as a PNG; beside it the mean completion length when TRL logged it
+    (``completions/mean_length``: tasks whose answers vary in length, such as Countdown, shorten or grow them)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -489,13 +500,16 @@ def plot_rewards(log_history: list[dict], path: str, title: str) -> None:
     points = [(entry["step"], entry["reward"]) for entry in log_history if "reward" in entry]
     if not points:
         return
-    steps, rewards = zip(*points)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, rewards, marker=".")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("mean reward of the rollouts")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+    lengths = [(e["step"], e["completions/mean_length"]) for e in log_history if "completions/mean_length" in e]
+    fig, axes = plt.subplots(1, 2 if lengths else 1, figsize=(11 if lengths else 6, 3.5), squeeze=False)
+    panels = [(points, "mean reward of the rollouts"), (lengths, "mean completion length (tokens)")][: len(axes[0])]
+    for ax, (series, label) in zip(axes[0], panels):
+        steps, values = zip(*series)
+        ax.plot(steps, values, marker=".")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -4,8 +4,9 @@ Data: RL on ``Jiayi-Pan/Countdown-Tasks-3to4`` (train split, columns ``target`` 
 three-number problems as the paper does. The test split is the paper's: its 256 three-number problems
 (``countdown_cd3_test.jsonl`` of the SPG code, shipped in `trl_spg.tasks.data`; ``data="paper"``, the default).
 ``data="builtin"`` gives procedural splits instead (`generate_problems`): three numbers in 1..100 and a target in
-1..100 reached by a known expression, seeded; 20,000 training and 256 test problems, disjoint. A local copy of other
-problems loads with ``data=`` (columns ``target``/``nums``, or ``input`` = ``"a,b,c"`` and ``output`` = target).
+1..100 reached by a known expression, seeded; 20,000 training and 256 test problems, whose number sets never
+occur in training. A local copy of other problems loads with ``data=`` (columns ``target``/``nums``, or ``input`` =
+``"a,b,c"`` and ``output`` = target).
 
 Reward (`countdown_reward`): 1.0 when the expression in the last ``<answer>...</answer>`` uses each given number
 exactly once and evaluates to the target (|difference| < 1e-5); 0.1 when it is a valid expression that is wrong or
@@ -161,9 +162,13 @@ def score(completion: str, example: dict) -> dict:
 # Procedural problems
 
 
-def _is_test_problem(nums: Sequence[int], target: int) -> bool:
-    """One problem in eight (by a hash of its sorted numbers and target) belongs to the test side, never to train."""
-    key = ",".join(map(str, sorted(nums))) + f"->{target}"
+def _is_test_numbers(nums: Sequence[int]) -> bool:
+    """One set of numbers in eight (by a hash of the sorted numbers) belongs to the test side, never to train.
+
+    Keyed by the numbers alone, not the target: a held-out problem's numbers never occur in any training problem,
+    so a model trained on one side cannot have memorised the other's number sets with another target.
+    """
+    key = ",".join(map(str, sorted(nums)))
     return hashlib.sha256(key.encode()).digest()[0] % 8 == 0
 
 
@@ -197,8 +202,8 @@ def generate_problems(
 
     Numbers are drawn uniformly from 1..``max_number``; a random expression over them (each used once) gives the
     target, kept when it is an integer in 1..``max_target``. Problems are assigned to the train or test side by a
-    hash of (sorted numbers, target), so the two sides never share a problem whatever ``count`` and ``seed``; the
-    same arguments always give the same list.
+    hash of their sorted numbers, so the two sides never share a set of numbers (let alone a problem) whatever
+    ``count`` and ``seed``; the same arguments always give the same list.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -211,7 +216,7 @@ def generate_problems(
             continue
         target = value
         key = (tuple(sorted(nums)), target)
-        if key in seen or _is_test_problem(nums, target) != (split == "test"):
+        if key in seen or _is_test_numbers(nums) != (split == "test"):
             continue
         seen.add(key)
         rows.append({"target": target, "nums": nums, "solution": solution})

@@ -1,7 +1,6 @@
 """The evaluation harness: every task end to end with a tiny model on fixture data, the command line in one and two
 processes, the Table 1 report, and the periodic evaluation callback during SPG training."""
 
-import dataclasses
 import json
 import math
 import os

@@ -519,6 +519,44 @@ def test_resume_inside_a_rollout_batch_trains_on_the_same_rollouts(
         assert torch.equal(param, other), name
 
 
+def test_compacted_rollouts_train_exactly_as_full_ones(tmp_path, tiny_tokenizer, prompt_dataset):
+    """`rollout_compact_batch` (on by default) feeds the model fewer rows but changes no rollout, hence no update:
+    2 steps with it on and off give the same completions and the same parameters."""
+    from trl_spg.tiny import build_tiny_diffusion_lm
+
+    eos = tiny_tokenizer.eos_token_id
+
+    def run(compact: bool):
+        model = build_tiny_diffusion_lm(tiny_tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+        rows, completions = [], []
+
+        # A raised EOS logit makes rollouts end early at varied positions (so rows leave the batch).
+        def raise_eos(module, args, kwargs, output):
+            output.logits[..., eos] += 3.0
+
+        model.register_forward_hook(raise_eos, with_kwargs=True)
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: rows.append(len(kwargs["input_ids"])), with_kwargs=True
+        )
+        args = make_args(tmp_path / str(compact), rollout_compact_batch=compact, log_completions=False)
+        trainer = SPGTrainer(
+            model, char_variety, args=args, train_dataset=prompt_dataset, processing_class=tiny_tokenizer
+        )
+        generate = trainer._generate_single_turn
+        trainer._generate_single_turn = lambda *a, **k: (
+            completions.append(generate(*a, **k)[0]) or (completions[-1], None)
+        )
+        trainer.train()
+        return completions, dict(trainer.model.named_parameters()), sum(rows)
+
+    compacted, compacted_params, compacted_rows = run(True)
+    full, full_params, full_rows = run(False)
+    assert compacted == full and any(len(ids) < 8 for batch in full for ids in batch)  # some end early with EOS
+    assert compacted_rows < full_rows
+    for name, param in full_params.items():
+        assert torch.equal(param, compacted_params[name]), name
+
+
 @pytest.mark.parametrize("option", ["tools", "rollout_func", "environment_factory"])
 def test_rejects_options_that_bypass_diffusion_rollouts(tmp_path, tiny_model, tiny_tokenizer, prompt_dataset, option):
     with pytest.raises(ValueError, match=option):

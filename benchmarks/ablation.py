@@ -329,7 +329,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     asked = [row for row in load_results(store) if {k: row[k] for k in keys[0]} in keys]
     summaries = summarize(asked, args.methods)
     print(format_table(summaries))
-    print(format_orderings(orderings(asked)))
+    verdicts = orderings(asked)
+    if verdicts:
+        print(format_orderings(verdicts))
     if args.doc:
         write_doc(Path(args.doc), {**{task: results_path(task) for task in ENTRY_POINTS}, args.task: store})
     return summaries

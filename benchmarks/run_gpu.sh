@@ -7,13 +7,16 @@
 #   benchmarks/run_gpu.sh rollout    fast rollout modes against the exact sampler (benchmarks/rollout_speed.py) at
 #                                    the GPU preset and at LLaDA-8B's shape (hidden 4096, 32 layers, vocab 126464,
 #                                    random bf16 weights built on the GPU): within 9 minutes
-#   benchmarks/run_gpu.sh all        both (within 17 minutes)
+#   benchmarks/run_gpu.sh compaction batch compaction at LLaDA-8B's shape: 8 prompts x 6 rollouts, generation 256,
+#                                    block 32, 128 steps, lengths set by an EOS logit bias after a per-prompt cut;
+#                                    exact, exact+compact, threshold, threshold+compact (within 5 minutes)
+#   benchmarks/run_gpu.sh all        sampler, estimator, training step and fast rollout modes (within 17 minutes)
 #
 # Each script runs under its own time limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=default
-if [[ $# -gt 0 && ( "$1" == rollout || "$1" == all ) ]]; then
+if [[ $# -gt 0 && ( "$1" == rollout || "$1" == compaction || "$1" == all ) ]]; then
     part=$1
     shift
 fi
@@ -34,4 +37,9 @@ if [[ $part == rollout || $part == all ]]; then
     echo
     timeout 330 python benchmarks/rollout_speed.py --preset llada8b --device cuda --repeats 2 --no-sudoku \
         --modes exact threshold prefix dual threshold+dual "$@"
+fi
+if [[ $part == compaction ]]; then
+    timeout 300 python benchmarks/rollout_speed.py --preset llada8b --device cuda --repeats 2 --skip-speed \
+        --no-sudoku --compaction-workloads eos-cut --batch 48 --eos-cut-generations 6 --gen 256 --block 32 \
+        --steps 128 "$@"
 fi

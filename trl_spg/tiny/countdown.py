@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl_spg.tasks.countdown import builtin_rows
 
+from . import sudoku
 from .model import SIMPLE_CHAT_TEMPLATE, build_char_tokenizer, build_tiny_diffusion_lm
 from .sudoku import TINY_MODEL, _cache_key, default_cache_dir
 from .warm_start import diffusion_sft
@@ -51,32 +52,18 @@ _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.t
 TINY_COMPLETION_LENGTH = 16
 
 #: Training settings of the built-in tiny Countdown run, for any trainer's config (flags and YAML override them).
-TRAINING_DEFAULTS = dict(
-    max_completion_length=TINY_COMPLETION_LENGTH,
-    block_length=TINY_COMPLETION_LENGTH,
-    diffusion_steps=TINY_COMPLETION_LENGTH // 2,
-    per_device_train_batch_size=128,
-    num_generations=8,
-    num_iterations=2,
-    temperature=1.0,
-    # 3e-4 collapsed held-out accuracy from 0.08 to 0.004 within 20 steps (docs/countdown.md).
-    learning_rate=1e-4,
-    # As for Sudoku: decaying to 0 keeps the gain of the early steps.
-    lr_scheduler_type="linear",
-    max_grad_norm=0.2,
-    adam_beta2=0.99,
-    weight_decay=0.0,
+TRAINING_DEFAULTS = {
+    **sudoku.TRAINING_DEFAULTS,
+    "max_completion_length": TINY_COMPLETION_LENGTH,
+    "block_length": TINY_COMPLETION_LENGTH,
+    "diffusion_steps": TINY_COMPLETION_LENGTH // 2,
+    # 3e-4 collapsed held-out accuracy from 0.08 to 0.004 within 20 steps (docs/countdown.md); Sudoku's 1e-4 is kept.
     # Held-out accuracy stopped rising after about 40 of 160 steps (docs/countdown.md); 80 keep the gain.
-    max_steps=80,
-    logging_steps=5,
-    save_strategy="no",
-    report_to="none",
-    bf16=False,
-    gradient_checkpointing=False,
-)
+    "max_steps": 80,
+}
 
 #: SPG-only settings of that run (`SPGConfig` fields); the baselines keep their own defaults.
-SPG_DEFAULTS = dict(num_mc_masks=4, min_mask_ratio=0.3, p_mask_prompt=0.0, eubo_beta=1.0)
+SPG_DEFAULTS = dict(sudoku.SPG_DEFAULTS)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ errors; plus each task's held-out accuracy curves. Flags after ``--`` go to ever
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -81,6 +82,27 @@ def results_path(task: str) -> Path:
     return ROOT / "benchmarks" / "results" / f"ablation_{task}.jsonl"
 
 
+@functools.cache
+def defaults_fingerprint(task: str) -> str:
+    """A short hash of what the task's tiny run is by default: its training and SPG settings, its warm-start spec and
+    its built-in problems. Part of a run's key, so a stored result is not reused once the defaults change."""
+    import dataclasses
+    import hashlib
+
+    from trl_spg.tasks import get_task
+    from trl_spg.tiny import tiny_policy_module
+
+    module = tiny_policy_module(task)
+    specs = [value for value in vars(module).values() if isinstance(value, type) and dataclasses.is_dataclass(value)]
+    payload = {
+        "training": module.TRAINING_DEFAULTS,
+        "spg": module.SPG_DEFAULTS,
+        "specs": {spec.__name__: dataclasses.asdict(spec()) for spec in specs if spec.__module__ == module.__name__},
+        "problems": {split: get_task(task).builtin(split) for split in ("train", "test")},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def run_key(task: str, method: str, seed: int, args, extra: Sequence[str]) -> dict:
     """What makes two runs the same experiment (the machine does not: CPU numerics differ, the design does not)."""
     return {
@@ -91,6 +113,7 @@ def run_key(task: str, method: str, seed: int, args, extra: Sequence[str]) -> di
         "eval_limit": args.eval_limit,
         "device": args.device,
         "extra": list(extra),
+        "defaults": defaults_fingerprint(task),
     }
 
 
@@ -239,9 +262,11 @@ def write_doc(path: Path, stores: dict[str, Path]) -> None:
     """The report over every task's results file (all runs so far, whichever sitting ran them)."""
     sections = []
     for task, store in sorted(stores.items()):
-        rows = load_results(store)
+        stored = load_results(store)
+        rows = [row for row in stored if row.get("defaults") == defaults_fingerprint(task)]
         if not rows:
             continue
+        stale = len(stored) - len(rows)
         shown = [m for m in METHODS if m in {row["method"] for row in rows}]
         summaries = summarize(rows, shown)
         plot = path.with_name(f"{path.stem}_{task}.png")
@@ -258,7 +283,7 @@ def write_doc(path: Path, stores: dict[str, Path]) -> None:
             f"""## {TITLES.get(task, task)}
 
 {len(rows)} runs, {hours:.1f} hours of compute in all (machines: {"; ".join(machines)}). Command: {command}
-(results: `benchmarks/results/ablation_{task}.jsonl`).
+(results: `benchmarks/results/ablation_{task}.jsonl`{f"; {stale} runs under earlier defaults not shown" if stale else ""}).
 
 {methods_text}
 
@@ -278,8 +303,9 @@ seed, at the task's default settings (the same steps and `num_iterations` for ev
 greedily on held-out problems before, during and after RL. "gain" is after minus before, as a mean over seeds +- the
 standard error over seeds; "minus spg-mix" is the method's gain minus spg-mix's on the same seed (same warm start,
 same held-out problems), averaged over seeds +- the standard error of those paired differences; each seed's gain is
-shown +- its paired standard error over problems (clustered by solution grid for Sudoku). An ordering "holds" when
-the paired difference exceeds 2 of its standard errors, is "reversed" below -2, and is otherwise "not resolved".
+shown +- its paired standard error over problems (clustered by solution grid for Sudoku, by set of numbers for
+Countdown). An ordering "holds" when the paired difference exceeds 2 of its standard errors, is "reversed" below -2,
+and is otherwise "not resolved".
 Wall time includes each seed's warm start for the first method run on it.
 
 {chr(10).join(sections)}"""
@@ -312,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         for method in args.methods:
             key = run_key(args.task, method, seed, args, extra)
             # Read before every run: another sitting (e.g. a process on other seeds) may have added it meanwhile.
-            if key in [{k: row[k] for k in key} for row in load_results(store)]:
+            if key in [{k: row.get(k) for k in key} for row in load_results(store)]:
                 continue
             if args.max_runs is not None and new_runs >= args.max_runs:
                 break
@@ -326,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 flush=True,
             )
     keys = [run_key(args.task, m, s, args, extra) for s in args.seeds for m in args.methods]
-    asked = [row for row in load_results(store) if {k: row[k] for k in keys[0]} in keys]
+    asked = [row for row in load_results(store) if {k: row.get(k) for k in keys[0]} in keys]
     summaries = summarize(asked, args.methods)
     print(format_table(summaries))
     verdicts = orderings(asked)

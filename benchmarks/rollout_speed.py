@@ -278,7 +278,7 @@ class EosAfterCut:
 
 
 def policy_workload(name: str, args):
-    """A tiny warm-started policy (`trl_spg.tiny.<name>`: ``sudoku``, or ``countdown`` once it lands) and its task's
+    """A tiny warm-started policy (`trl_spg.tiny.<name>`: ``sudoku`` or ``countdown``) and its task's
     held-out prompts, each repeated ``--compaction-generations`` times (a rollout batch), at the run's settings."""
     import importlib
 
@@ -443,7 +443,7 @@ def main() -> None:
         default=["eos-cut", "sudoku"],
         choices=["eos-cut", "sudoku", "countdown"],
         help="eos-cut: the preset's random model with EOS from a per-prompt cut on (controlled lengths); sudoku / "
-        "countdown: the tiny warm-started policy (countdown: variable lengths, once trl_spg.tiny.countdown lands)",
+        "countdown: the tiny warm-started policy (countdown: variable lengths)",
     )
     p.add_argument("--compaction-prompts", type=int, default=16, help="policy workloads: prompts (default 16)")
     p.add_argument("--compaction-generations", type=int, default=8, help="policy workloads: generations per prompt")

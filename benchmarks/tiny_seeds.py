@@ -11,8 +11,8 @@ Each seed runs the task's tiny command as its own process, with a fresh warm-sta
     python benchmarks/tiny_seeds.py --task countdown --seeds 0 1 2
     python benchmarks/tiny_seeds.py --task sudoku --seeds 0 1 -- --max_steps 300  # any flag overrides the default
 
-The gain is in units of the paired standard error (clustered by solution grid for Sudoku, whose puzzles of one grid
-succeed or fail together; the standard error over puzzles is shown too). Figures: docs/sudoku.md, docs/countdown.md.
+The gain is in units of the paired standard error, clustered by the task's `cluster_key` (Sudoku's solution grid,
+whose puzzles succeed or fail together; Countdown's set of numbers); the standard error over problems is shown too. Figures: docs/sudoku.md, docs/countdown.md.
 """
 
 from __future__ import annotations
@@ -103,12 +103,12 @@ def _stderr(row: dict) -> float:
 def format_table(rows: Sequence[dict]) -> str:
     """A Markdown table: before / after accuracy, gain +- paired standard error, gain / SE, wall time.
 
-    With clustered standard errors (Sudoku) the SE column is ``by grid (by puzzle)``.
+    With clustered standard errors the SE column is ``clustered (by problem)``.
     """
     clustered = bool(rows) and "paired_stderr_clustered" in rows[0]
-    se = "+- SE by grid (by puzzle)" if clustered else "+- paired SE"
+    se = "+- paired SE clustered (by problem)" if clustered else "+- paired SE"
     lines = [
-        f"| seed | before RL | after RL | gain | {se} | gain / SE{' by grid' if clustered else ''} | wall time |",
+        f"| seed | before RL | after RL | gain | {se} | gain / SE{' clustered' if clustered else ''} | wall time |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None, task: str | None = None) -> list[dic
             task, seed, extra, cache_dir=cache.resolve(), output_dir=folder.resolve(), launcher=args.launcher
         )
         rows.append(row)
-        clustered = " (by grid)" if "paired_stderr_clustered" in row else ""
+        clustered = " (clustered)" if "paired_stderr_clustered" in row else ""
         print(
             f"seed {seed}: {row['before']['accuracy']:.4f} -> {row['after']['accuracy']:.4f}, "
             f"gain {row['difference']:+.4f} +- {_stderr(row):.4f}{clustered}, {row['wall_s']:.0f} s",

@@ -74,7 +74,8 @@ def test_package_data_ships_the_files_in_the_wheel():
 
 def test_countdown_paper_set_loads_256_three_number_problems(countdown):
     assert len(countdown) == 256
-    assert countdown[0] == {"target": 23, "nums": [30, 100, 93]}  # the file's first row: "30,100,93" -> "23"
+    # The file's first row: "30,100,93" -> "23".
+    assert countdown[0] == {"target": 23, "nums": [30, 100, 93], "number_set": "30 93 100"}
     assert all(len(nums) == 3 for nums in countdown["nums"])
     assert all(type(target) is int and 1 <= target <= 100 for target in countdown["target"])
     assert all(1 <= n <= 100 for nums in countdown["nums"] for n in nums)
@@ -88,7 +89,7 @@ def test_countdown_test_default_is_the_paper_set_and_builtin_stays_selectable(co
     test = task.dataset("test")
     assert test[0]["prompt"][0]["content"].endswith("\n\nNumbers: [30, 100, 93]\nTarget: 23")
     builtin = task.examples("test", "builtin")
-    assert builtin["nums"] == [row["nums"] for row in countdown_builtin_rows("test")] and len(builtin) == 256
+    assert builtin["nums"] == [row["nums"] for row in countdown_builtin_rows("test")] and len(builtin) == 1024
     with pytest.raises(ValueError, match="test split, not 'train'; train on 'hub'"):
         task.examples("train", PAPER)
 

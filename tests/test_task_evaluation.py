@@ -296,7 +296,7 @@ def test_callback_logs_task_accuracy_during_spg_training(tmp_path, tiny_model, t
     paper = [entry["eval_task/countdown/paper_accuracy"] for entry in logged]
     assert paper == [h["paper_accuracy"] for h in callback.history]
     saved = json.loads(Path(callback._path()).read_text())
-    assert set(saved["records"]["1"][0]) == {"correct", "total", "paper_correct", "paper_total"}
+    assert set(saved["records"]["1"][0]) == {"correct", "total", "paper_correct", "paper_total", "number_set"}
     assert all(h["problems"] == 2 for h in callback.history)
     # The trainer's own running metrics are still logged at every logging step.
     steps_logged = [e["step"] for e in trainer.state.log_history if "reward" in e and "train_runtime" not in e]

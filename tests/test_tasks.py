@@ -1,5 +1,6 @@
 """Tasks: registry, loading fixture files in each dataset's real schema, prompts in the paper's wording."""
 
+import re
 from pathlib import Path
 
 import datasets
@@ -149,12 +150,28 @@ def test_countdown_generator_is_seeded_solvable_and_disjoint():
     assert not {key(r) for r in generate_problems(1000, "train", seed=7)} & {key(r) for r in test}
 
 
-def test_countdown_builtin_test_split_has_256_problems():
+def test_countdown_generator_without_shuffle_keeps_the_listed_order():
+    rows = generate_problems(300, "test", seed=3, max_number=20, shuffle=False)
+    assert rows != generate_problems(300, "test", seed=3, max_number=20)
+    for row in rows:
+        assert all(1 <= n <= 20 for n in row["nums"])
+        assert evaluate_expression(row["solution"]) == row["target"]
+        # The solution's numbers, read left to right, are the problem's numbers in their listed order.
+        assert [int(n) for n in re.findall(r"\d+", row["solution"])] == row["nums"]
+    # Shuffled solutions take other orders: the option changes the problems, not only their labels.
+    shuffled = generate_problems(300, "test", seed=3, max_number=20)
+    assert any([int(n) for n in re.findall(r"\d+", r["solution"])] != r["nums"] for r in shuffled)
+
+
+def test_countdown_builtin_test_split_has_1024_problems_clustered_by_number_set():
     task = get_task("countdown")
     test = task.examples("test", "builtin")  # the default is the paper's file (tests/test_paper_test_sets.py)
-    assert len(test) == 256
+    assert len(test) == 1024 and task.cluster_key == "number_set"
+    assert test[0]["number_set"] == " ".join(map(str, sorted(test[0]["nums"])))
+    # About five targets per set of numbers: the clusters the standard errors are computed over.
+    assert 150 < len(set(test["number_set"])) < 300
     assert test[:3] == task.examples("test", "procedural")[:3]
-    assert test["nums"][:3] == [row["nums"] for row in generate_problems(3, "test")]
+    assert test["nums"][:3] == [row["nums"] for row in generate_problems(3, "test", max_number=20, shuffle=False)]
 
 
 # --- Sudoku -------------------------------------------------------------------------------------------------------
@@ -218,7 +235,7 @@ def test_sudoku_prompts_match_the_paper():
 def test_dataset_for_the_trainer_has_prompt_and_reward_columns():
     task = get_task("countdown")
     dataset = task.dataset("train", data=FIXTURES / "countdown.jsonl", prompt_style="compact", limit=2)
-    assert dataset.column_names == ["target", "nums", "prompt"]
+    assert dataset.column_names == ["target", "nums", "number_set", "prompt"]
     assert dataset["prompt"] == ["3 5 7 -> 22:", "100 7 3 -> 25:"]
     rows = [{"target": 22, "nums": [3, 5, 7]}]
     assert task.dataset("test", data=rows)["nums"] == [[3, 5, 7]]

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from trl_spg.tasks.countdown import builtin_rows, generate_problems, reward_value
+from trl_spg.tasks.countdown import BUILTIN_PROBLEMS, builtin_rows, generate_problems, reward_value
 from trl_spg.tiny import countdown as tiny_countdown
 from trl_spg.tiny.warm_start import _encode_completions
 
@@ -19,8 +19,8 @@ def _number_sets(rows):
 
 def test_held_out_number_sets_never_occur_in_training():
     # The first rows of the built-in training split (the whole split takes seconds to generate; same generator).
-    train, test = generate_problems(4000, "train"), builtin_rows("test")
-    assert len(test) == 256 and train[:5] == generate_problems(5, "train")
+    train, test = generate_problems(4000, "train", **BUILTIN_PROBLEMS), builtin_rows("test")
+    assert len(test) == 1024 and train[:5] == builtin_rows("train")[:5]
     assert not _number_sets(train) & _number_sets(test)
     # The split is by number set, not by seed or size: other draws keep to their side too.
     others = generate_problems(2000, "train", seed=5) + generate_problems(300, "train", seed=1, max_number=20)
@@ -30,7 +30,7 @@ def test_held_out_number_sets_never_occur_in_training():
 
 
 def test_sft_targets_are_correct_solutions_of_varying_length_ending_with_eos(tiny_tokenizer):
-    rows = generate_problems(400, "train")
+    rows = generate_problems(400, "train", **BUILTIN_PROBLEMS)
     completions = [tiny_countdown.compact_completion(row) for row in rows]
     for row, completion in zip(rows, completions):
         assert completion.startswith("<answer>") and completion.endswith("</answer>") and " " not in completion
@@ -104,7 +104,8 @@ def test_cli_trains_the_tiny_countdown_policy_and_reuses_its_warm_start(tmp_path
     results = json.loads((out / "countdown_results.json").read_text())
     assert results["before"]["problems"] == 16 and results["after"]["step"] == 2
     assert results["difference"] == results["after"]["accuracy"] - results["before"]["accuracy"]
-    assert "Held-out Countdown accuracy (16 problems" in completed.stdout
+    assert "Held-out Countdown accuracy (16 problems in " in completed.stdout  # "... N number_set clusters"
+    assert results["paired_stderr_clustered"] >= 0
     # Completion lengths are logged and recorded with the run, and plotted beside the reward.
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     lengths = [entry["completions/mean_length"] for entry in history if "reward" in entry]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -136,3 +137,20 @@ def test_ablation_runs_each_method_from_the_same_warm_start_resumes_and_writes_i
     report = doc.read_text()
     assert "| spg-mix | 2 |" in report and "| wd1 | 1 |" in report
     assert (tmp_path / "ablation_sudoku.png").stat().st_size > 0 and str(tmp_path) not in report
+
+
+def test_ablation_results_are_keyed_by_the_task_defaults(monkeypatch):
+    from trl_spg.tiny import countdown as tiny_countdown
+
+    path = EXAMPLE.parents[1] / "benchmarks" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    args = SimpleNamespace(eval_every=40, eval_limit=None, device="cpu")
+    key = ablation.run_key("countdown", "spg-mix", 0, args, ["--num_threads", "1"])
+    assert key["defaults"] == ablation.defaults_fingerprint("countdown") != ablation.defaults_fingerprint("sudoku")
+    # Another default step count is another experiment: its stored results are neither reused nor reported.
+    ablation.defaults_fingerprint.cache_clear()
+    monkeypatch.setitem(tiny_countdown.TRAINING_DEFAULTS, "max_steps", 80)
+    assert ablation.run_key("countdown", "spg-mix", 0, args, ["--num_threads", "1"]) != key
+    ablation.defaults_fingerprint.cache_clear()

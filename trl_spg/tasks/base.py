@@ -152,7 +152,7 @@ class Task:
             task has none.
         gen_lengths: generation lengths of the paper's evaluation (Table 1 columns).
         cluster_key: a column whose equal values mark problems with correlated results (Sudoku puzzles made from
-            one solution grid), for clustered standard errors; None when problems are independent.
+            one solution grid, Countdown problems over one set of numbers), for clustered standard errors; None when problems are independent.
     """
 
     name: str
@@ -218,14 +218,21 @@ class Task:
         """The task's columns for ``split`` (``prepare`` applied, ``keep`` filtered, the first ``limit`` rows)."""
         raw = self.raw_rows(split, data)
         try:
-            prepared = raw.map(self.prepare, remove_columns=raw.column_names, desc=f"{self.name}: preparing {split}")
+            # In memory: `datasets` fingerprints a module-level function by its name, so a cached result would outlive
+            # a change of `prepare` (a new column after an upgrade); preparing takes seconds even on the Hub splits.
+            prepared = raw.map(
+                self.prepare,
+                remove_columns=raw.column_names,
+                keep_in_memory=True,
+                desc=f"{self.name}: preparing {split}",
+            )
         except KeyError as missing:
             raise ValueError(
                 f"The {self.name} task's {split} data has columns {raw.column_names}, not {missing} (from {data!r}); "
                 "use the dataset's own schema."
             ) from None
         if self.keep is not None:
-            prepared = prepared.filter(self.keep)
+            prepared = prepared.filter(self.keep, keep_in_memory=True)
         if limit is not None:
             prepared = prepared.select(range(min(limit, len(prepared))))
         return prepared

@@ -2,10 +2,10 @@
 
 The Countdown counterpart of `trl_spg.tiny.sudoku`: the same character tokenizer, model builder, SFT objective and
 cache, trained on the built-in procedural training problems (`trl_spg.tasks.countdown.generate_problems`) with one
-correct solution each, written compactly (``<answer>36+67-65</answer>`` then EOS, 8 to 14 tokens: shorter than the
+correct solution each, written compactly (``<answer>12-1-7</answer>`` then EOS, 8 to 13 tokens: shorter than the
 canvas). The built-in split assigns problems to train or test by their set of numbers, so the held-out problems use
-number sets the warm start never saw. The warm start is kept short so that greedy held-out accuracy starts well below
-its ceiling and RL has room. The run's training settings are plain dicts (`TRAINING_DEFAULTS` for any trainer,
+number sets the warm start never saw. The warm start leaves greedy held-out accuracy at about 0.2-0.3, well below
+its ceiling, so RL has room. The run's training settings are plain dicts (`TRAINING_DEFAULTS` for any trainer,
 `SPG_DEFAULTS` for SPG only); the command line picks those that apply.
 """
 
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
 #: Completion positions: ``<answer>`` + at most 13 expression characters (``(100-100)*100``) + ``</answer>`` + EOS;
-#: the training answers take 8 to 14 with their EOS.
+#: the built-in training answers (numbers up to 20) take 8 to 13 with their EOS.
 TINY_COMPLETION_LENGTH = 16
 
 #: Training settings of the built-in tiny Countdown run, for any trainer's config (flags and YAML override them).
@@ -57,9 +57,7 @@ TRAINING_DEFAULTS = {
     "max_completion_length": TINY_COMPLETION_LENGTH,
     "block_length": TINY_COMPLETION_LENGTH,
     "diffusion_steps": TINY_COMPLETION_LENGTH // 2,
-    # 3e-4 collapsed held-out accuracy from 0.08 to 0.004 within 20 steps (docs/countdown.md); Sudoku's 1e-4 is kept.
-    # Held-out accuracy stopped rising after about 40 of 160 steps (docs/countdown.md); 80 keep the gain.
-    "max_steps": 80,
+    # Sudoku's lr 1e-4 and 160 steps are kept: 3e-4 collapsed held-out accuracy within 20 steps (docs/countdown.md).
 }
 
 #: SPG-only settings of that run (`SPGConfig` fields); the baselines keep their own defaults.
@@ -73,13 +71,12 @@ class TinyCountdownSpec:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    # About 900 steps teach the format and copying (accuracy rises from 0 between steps 300 and 600) and leave the
-    # policy near 0.1 greedy held-out accuracy; longer SFT did not climb much further (docs/countdown.md).
-    sft_steps: int = 900
+    # Greedy held-out accuracy rises from 0 after about 600 steps and reaches 0.2-0.3 by 3000 (docs/countdown.md).
+    sft_steps: int = 3000
     sft_batch_size: int = 32
     sft_learning_rate: float = 1e-3
-    # `diffusion_sft`'s schedules; a warm start decayed to 0 over 1000 steps gained less from RL (docs/countdown.md).
-    sft_lr_schedule: str = "constant"
+    # Decaying to 0: at a constant 1e-3 the last step decided the policy (one seed ended at 0.03, another at 0.17).
+    sft_lr_schedule: str = "cosine"
     seed: int = 0
 
 

@@ -12,7 +12,8 @@ Each seed runs the task's tiny command as its own process, with a fresh warm-sta
     python benchmarks/tiny_seeds.py --task sudoku --seeds 0 1 -- --max_steps 300  # any flag overrides the default
 
 The gain is in units of the paired standard error, clustered by the task's `cluster_key` (Sudoku's solution grid,
-whose puzzles succeed or fail together; Countdown's set of numbers); the standard error over problems is shown too. Figures: docs/sudoku.md, docs/countdown.md.
+whose puzzles succeed or fail together; Countdown's set of numbers); the standard error over problems is shown too.
+Figures: docs/sudoku.md, docs/countdown.md.
 """
 
 from __future__ import annotations

@@ -152,7 +152,8 @@ class Task:
             task has none.
         gen_lengths: generation lengths of the paper's evaluation (Table 1 columns).
         cluster_key: a column whose equal values mark problems with correlated results (Sudoku puzzles made from
-            one solution grid, Countdown problems over one set of numbers), for clustered standard errors; None when problems are independent.
+            one solution grid, Countdown problems over one set of numbers), for clustered standard errors; None when
+            problems are independent.
     """
 
     name: str

@@ -261,3 +261,26 @@ def test_prefilled_prompts_continue_the_assistant_turn():
         "<user>q</user><assistant>",
         "raw",
     ]
+
+
+def test_examples_follow_a_changed_prepare_of_the_same_name(tmp_path, monkeypatch):
+    # `datasets` fingerprints a module-level function by its module and name: a cached map of a data file would keep
+    # the columns of an older `prepare` after an upgrade. Two versions of one module stand for the upgrade.
+    import dataclasses
+    import importlib
+    import sys
+
+    data = tmp_path / "problems.jsonl"
+    data.write_text('{"target": 6, "nums": [1, 2, 3]}\n{"target": 7, "nums": [1, 2, 4]}\n')
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "upgraded_task.py"
+    columns = []
+    for version in ("old", "new"):
+        module.write_text(f"def prepare(row):\n    return {{'target': row['target'], '{version}': 1}}\n")
+        sys.modules.pop("upgraded_task", None)
+        importlib.invalidate_caches()
+        prepare = importlib.import_module("upgraded_task").prepare
+        task = dataclasses.replace(get_task("countdown"), prepare=prepare, keep=None)
+        columns.append(task.examples("test", str(data)).column_names)
+    assert columns == [["target", "old"], ["target", "new"]]

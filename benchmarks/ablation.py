@@ -17,7 +17,7 @@ several sittings. The report (``--doc``, default docs/ablation.md, rebuilt from 
 method the held-out gain (mean over seeds +- standard error over seeds), its difference from spg-mix paired by seed
 (same warm start, same held-out problems) +- the standard error of the paired differences, each seed's gain +- its
 paired standard error, and whether each of the paper's orderings holds, is reversed or is not resolved at 2 standard
-errors; plus each task's held-out accuracy curves. Flags after ``--`` go to every run (and are part of its key).
+errors (per task, and in one table across tasks); plus each task's held-out accuracy curves. Flags after ``--`` go to every run (and are part of its key).
 """
 
 from __future__ import annotations
@@ -237,6 +237,26 @@ def format_orderings(verdicts: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_across_tasks(verdicts: dict[str, Sequence[dict]]) -> str:
+    """One row per paper's ordering, one column per task: where the orderings hold on more than one task."""
+    tasks = [task for task in sorted(verdicts) if verdicts[task]]
+    lines = [
+        "| paper's ordering | " + " | ".join(TITLES.get(t, t) for t in tasks) + " |",
+        "|---" * (len(tasks) + 1) + "|",
+    ]
+    for better, worse in ORDERINGS:
+        claim, cells = f"{better} > {worse}", []
+        for task in tasks:
+            found = [v for v in verdicts[task] if v["claim"] == claim]
+            cells.append(
+                f"{found[0]['verdict']}: {_fmt(found[0]['difference'], found[0]['se'])} ({found[0]['seeds']} seeds)"
+                if found
+                else "-"
+            )
+        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_curves(task: str, summaries: Sequence[dict], path: Path) -> None:
     import matplotlib
 
@@ -260,7 +280,7 @@ def plot_curves(task: str, summaries: Sequence[dict], path: Path) -> None:
 
 def write_doc(path: Path, stores: dict[str, Path]) -> None:
     """The report over every task's results file (all runs so far, whichever sitting ran them)."""
-    sections = []
+    sections, verdicts_by_task = [], {}
     for task, store in sorted(stores.items()):
         stored = load_results(store)
         rows = [row for row in stored if row.get("defaults") == defaults_fingerprint(task)]
@@ -274,7 +294,7 @@ def write_doc(path: Path, stores: dict[str, Path]) -> None:
         hours = sum(row["wall_s"] for row in rows) / 3600
         machines = sorted({row.get("machine", "?").split(", load")[0] for row in rows})
         methods_text = "\n".join(f"- `{row['method']}`: {DESCRIPTIONS[row['method']]}" for row in summaries)
-        verdicts = orderings(rows)
+        verdicts = verdicts_by_task[task] = orderings(rows)
         extras = sorted({" ".join(row["extra"]) for row in rows})
         command = " | ".join(
             f"`python benchmarks/ablation.py --task {task} --seeds ...{' -- ' + e if e else ''}`" for e in extras
@@ -307,6 +327,10 @@ shown +- its paired standard error over problems (clustered by solution grid for
 Countdown). An ordering "holds" when the paired difference exceeds 2 of its standard errors, is "reversed" below -2,
 and is otherwise "not resolved".
 Wall time includes each seed's warm start for the first method run on it.
+
+The paper's orderings on every task, paired by seed (the tasks' sections below give each method's numbers):
+
+{format_across_tasks(verdicts_by_task)}
 
 {chr(10).join(sections)}"""
     )

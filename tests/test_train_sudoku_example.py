@@ -154,3 +154,29 @@ def test_ablation_results_are_keyed_by_the_task_defaults(monkeypatch):
     monkeypatch.setitem(tiny_countdown.TRAINING_DEFAULTS, "max_steps", 80)
     assert ablation.run_key("countdown", "spg-mix", 0, args, ["--num_threads", "1"]) != key
     ablation.defaults_fingerprint.cache_clear()
+
+
+def test_ablation_states_each_paper_ordering_per_task_from_seed_paired_differences():
+    path = EXAMPLE.parents[1] / "benchmarks" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    gains = {"spg-mix": [0.05, 0.07, 0.06], "d1": [0.02, 0.02, 0.02], "wd1": [0.06, 0.05, 0.08]}
+    rows = [{"method": m, "seed": s, "difference": g} for m, per_seed in gains.items() for s, g in enumerate(per_seed)]
+    by_claim = {v["claim"]: v for v in ablation.orderings(rows)}
+    # mix - d1 per seed: 0.03, 0.05, 0.04 -> 0.04 +- 0.01 / sqrt(3); mix - wd1: -0.01, 0.02, -0.02.
+    assert by_claim["spg-mix > d1"]["difference"] == pytest.approx(0.04)
+    assert by_claim["spg-mix > d1"]["se"] == pytest.approx(0.01 / 3**0.5)
+    assert by_claim["spg-mix > d1"]["verdict"] == "holds"
+    assert by_claim["spg-mix > wd1"]["verdict"] == "not resolved"
+    assert set(by_claim) == {"spg-mix > d1", "spg-mix > wd1"}  # an ordering needs both methods on 2 seeds
+    eubo_wins = [{"method": m, "seed": s, "difference": g + (m == "spg-eubo") * (0.01 + s / 1000)}
+                 for m in ("spg-mix", "spg-eubo") for s, g in enumerate([0.05, 0.07])]  # fmt: skip
+    table = ablation.format_across_tasks(
+        {"sudoku": ablation.orderings(eubo_wins), "countdown": ablation.orderings(rows)}
+    )
+    lines = table.splitlines()
+    assert lines[0] == "| paper's ordering | tiny Countdown | tiny 4x4 Sudoku |"
+    assert len(lines) == 2 + len(ablation.ORDERINGS)
+    assert "| spg-mix > spg-eubo | - | reversed: -0.0105 +- 0.0005 (2 seeds) |" in lines
+    assert "| spg-mix > d1 | holds: +0.0400 +- 0.0058 (3 seeds) | - |" in lines

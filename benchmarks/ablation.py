@@ -17,7 +17,8 @@ several sittings. The report (``--doc``, default docs/ablation.md, rebuilt from 
 method the held-out gain (mean over seeds +- standard error over seeds), its difference from spg-mix paired by seed
 (same warm start, same held-out problems) +- the standard error of the paired differences, each seed's gain +- its
 paired standard error, and whether each of the paper's orderings holds, is reversed or is not resolved at 2 standard
-errors (per task, and in one table across tasks); plus each task's held-out accuracy curves. Flags after ``--`` go to every run (and are part of its key).
+errors (per task, and in one table across tasks); plus each task's held-out accuracy curves. Flags after ``--`` go to
+every run (and are part of its key).
 """
 
 from __future__ import annotations
@@ -247,12 +248,8 @@ def format_across_tasks(verdicts: dict[str, Sequence[dict]]) -> str:
     for better, worse in ORDERINGS:
         claim, cells = f"{better} > {worse}", []
         for task in tasks:
-            found = [v for v in verdicts[task] if v["claim"] == claim]
-            cells.append(
-                f"{found[0]['verdict']}: {_fmt(found[0]['difference'], found[0]['se'])} ({found[0]['seeds']} seeds)"
-                if found
-                else "-"
-            )
+            v = next((v for v in verdicts[task] if v["claim"] == claim), None)
+            cells.append(f"{v['verdict']}: {_fmt(v['difference'], v['se'])} ({v['seeds']} seeds)" if v else "-")
         lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -15,6 +15,14 @@ import torch
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_sudoku.py"
 
 
+def load_benchmark(name: str):
+    """A script of `benchmarks/` as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLE.parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 TOY = ["--tiny_warm_start_steps", "3", "--per_device_train_batch_size", "8", "--num_generations", "4"]
 TOY += ["--use_cpu", "true", "--num_threads", "1"]
 
@@ -69,10 +77,7 @@ def test_tiny_model_is_deterministic_and_loads_from_its_cache(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_seeds_script_runs_the_example_and_tabulates_its_results(tmp_path, capsys):
-    path = EXAMPLE.parents[1] / "benchmarks" / "sudoku_seeds.py"
-    spec = importlib.util.spec_from_file_location("sudoku_seeds", path)
-    seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeds)
+    seeds = load_benchmark("sudoku_seeds")
     toy = "--tiny_warm_start_steps 2 --max_steps 1 --per_device_train_batch_size 8 --num_generations 4"
     toy += " --eval_limit 12 --use_cpu true --num_threads 1"
     root = tmp_path / "runs"
@@ -99,10 +104,7 @@ def test_seeds_script_runs_the_example_and_tabulates_its_results(tmp_path, capsy
 
 @pytest.mark.slow
 def test_ablation_runs_each_method_from_the_same_warm_start_resumes_and_writes_its_report(tmp_path, capsys):
-    path = EXAMPLE.parents[1] / "benchmarks" / "ablation.py"
-    spec = importlib.util.spec_from_file_location("ablation", path)
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_benchmark("ablation")
     toy = "--tiny_warm_start_steps 2 --max_steps 2 --per_device_train_batch_size 8 --num_generations 4"
     toy += " --num_threads 1 --logging_steps 1"
     store, doc = tmp_path / "results.jsonl", tmp_path / "ablation.md"
@@ -142,10 +144,7 @@ def test_ablation_runs_each_method_from_the_same_warm_start_resumes_and_writes_i
 def test_ablation_results_are_keyed_by_the_task_defaults(monkeypatch):
     from trl_spg.tiny import countdown as tiny_countdown
 
-    path = EXAMPLE.parents[1] / "benchmarks" / "ablation.py"
-    spec = importlib.util.spec_from_file_location("ablation", path)
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_benchmark("ablation")
     args = SimpleNamespace(eval_every=40, eval_limit=None, device="cpu")
     key = ablation.run_key("countdown", "spg-mix", 0, args, ["--num_threads", "1"])
     assert key["defaults"] == ablation.defaults_fingerprint("countdown") != ablation.defaults_fingerprint("sudoku")
@@ -157,10 +156,7 @@ def test_ablation_results_are_keyed_by_the_task_defaults(monkeypatch):
 
 
 def test_ablation_states_each_paper_ordering_per_task_from_seed_paired_differences():
-    path = EXAMPLE.parents[1] / "benchmarks" / "ablation.py"
-    spec = importlib.util.spec_from_file_location("ablation", path)
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_benchmark("ablation")
     gains = {"spg-mix": [0.05, 0.07, 0.06], "d1": [0.02, 0.02, 0.02], "wd1": [0.06, 0.05, 0.08]}
     rows = [{"method": m, "seed": s, "difference": g} for m, per_seed in gains.items() for s, g in enumerate(per_seed)]
     by_claim = {v["claim"]: v for v in ablation.orderings(rows)}
